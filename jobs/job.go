@@ -1,0 +1,196 @@
+// Package jobs is the domain of ci: jobs, their statuses and events, the
+// service that queues, runs and records them, and the in-process broker that
+// fans events out to watchers. It defines the small interfaces it needs from
+// the outside world (Store, Archives, Executor) and imports only the standard
+// library.
+package jobs
+
+import (
+	"context"
+	"io"
+	"time"
+)
+
+// Status is where a job is in its lifecycle: queued, then running, then
+// exactly one terminal status.
+type Status string
+
+// The statuses of a job. See DESIGN.md for what each one means.
+const (
+	StatusQueued   Status = "queued"
+	StatusRunning  Status = "running"
+	StatusPassed   Status = "passed"    // pytest exited 0
+	StatusFailed   Status = "failed"    // pytest ran and exited non-zero
+	StatusError    Status = "error"     // ci could not run the tests
+	StatusTimedOut Status = "timed_out" // ran past its time limit
+	StatusCanceled Status = "canceled"  // canceled by a user
+)
+
+// Terminal reports whether s is a final status: nothing follows it.
+func (s Status) Terminal() bool {
+	switch s {
+	case StatusPassed, StatusFailed, StatusError, StatusTimedOut, StatusCanceled:
+		return true
+	}
+	return false
+}
+
+// Valid reports whether s is one of the known statuses.
+func (s Status) Valid() bool {
+	return s == StatusQueued || s == StatusRunning || s.Terminal()
+}
+
+// Job is one submitted test run.
+type Job struct {
+	ID     string `json:"id"`
+	Status Status `json:"status"`
+	// Args are extra pytest arguments given by the client.
+	Args []string `json:"args"`
+	// Archive is the key of the uploaded project zip in Archives.
+	Archive     string `json:"-"`
+	ArchiveSize int64  `json:"archive_size"`
+
+	CreatedAt  time.Time  `json:"created_at"`
+	StartedAt  *time.Time `json:"started_at,omitempty"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
+	// ExitCode is pytest's exit code, set when pytest ran to its end.
+	ExitCode *int `json:"exit_code,omitempty"`
+	// Reason says, for a human, why a job did not pass.
+	Reason string `json:"reason,omitempty"`
+	// LastSeq is the seq of the job's newest persisted event.
+	LastSeq int64 `json:"last_seq"`
+}
+
+// EventType is the kind of an Event.
+type EventType string
+
+// The event types of the WebSocket protocol.
+const (
+	EventStatus EventType = "status" // a status change; the terminal one is last
+	EventLog    EventType = "log"    // a chunk of output (not necessarily a whole line)
+	EventResult EventType = "result" // a summary of the test run (later issue)
+)
+
+// The output streams of a log event.
+const (
+	StreamStdout = "stdout"
+	StreamStderr = "stderr"
+)
+
+// Event is one entry of a job's event log. Seq starts at 1 for each job and
+// is gapless and strictly increasing; an event is persisted before anyone is
+// told about it.
+type Event struct {
+	JobID string    `json:"-"`
+	Seq   int64     `json:"seq"`
+	Time  time.Time `json:"time"`
+	Type  EventType `json:"type"`
+	// Status is set on status events.
+	Status Status `json:"status,omitempty"`
+	// ExitCode and Reason are set on terminal status events, as on the job.
+	ExitCode *int   `json:"exit_code,omitempty"`
+	Reason   string `json:"reason,omitempty"`
+	// Stream and Text are set on log events. Text is valid UTF-8.
+	Stream string `json:"stream,omitempty"`
+	Text   string `json:"text,omitempty"`
+}
+
+// Terminal reports whether e is the terminal status event of its job.
+func (e *Event) Terminal() bool {
+	return e.Type == EventStatus && e.Status.Terminal()
+}
+
+// ListOptions selects a page of jobs, newest first.
+type ListOptions struct {
+	// Limit is the most jobs to return; 0 means a default.
+	Limit int
+	// Before, when set, returns only jobs older than the job with this ID.
+	Before string
+}
+
+// Store persists jobs and their events. Implementations must be safe for
+// concurrent use.
+type Store interface {
+	// CreateJob inserts a new job together with its first events, in one
+	// transaction, and sets job.ID to a new unique ID that sorts by creation
+	// time. job.LastSeq must equal the seq of the last event.
+	CreateJob(ctx context.Context, job *Job, events []Event) error
+
+	// Job returns the job with the given ID, or an ENOTFOUND error.
+	Job(ctx context.Context, id string) (*Job, error)
+
+	// Jobs returns a page of jobs, newest first.
+	Jobs(ctx context.Context, opts ListOptions) ([]*Job, error)
+
+	// JobsByStatus returns every job with the given status, oldest first.
+	JobsByStatus(ctx context.Context, status Status) ([]*Job, error)
+
+	// AppendEvents appends events to job's log and saves job's mutable
+	// fields (status, times, exit code, reason, LastSeq) in one transaction.
+	// The events must be gapless and continue the stored log exactly: the
+	// first seq is the stored LastSeq+1 and job.LastSeq is the last seq.
+	// Otherwise it returns an ECONFLICT error and writes nothing.
+	AppendEvents(ctx context.Context, job *Job, events []Event) error
+
+	// Events returns up to limit events of the job with seq > after, in
+	// seq order. An unknown job has no events.
+	Events(ctx context.Context, jobID string, after int64, limit int) ([]Event, error)
+}
+
+// Archives stores uploaded project archives (zip files) by content.
+type Archives interface {
+	// Put reads an archive from r to its end, stores it and returns its key
+	// and size. Storing the same content twice yields the same key.
+	Put(ctx context.Context, r io.Reader) (key string, size int64, err error)
+
+	// Path returns the local path of the stored archive with the given key.
+	Path(key string) string
+
+	// Remove deletes the archive with the given key. Removing a missing
+	// archive is not an error.
+	Remove(key string) error
+}
+
+// Spec is what an Executor needs to run one job.
+type Spec struct {
+	JobID string
+	// Archive is the local path of the project zip. The executor unpacks it
+	// into /workspace of the test environment.
+	Archive string
+	// Args are extra arguments for pytest.
+	Args []string
+}
+
+// Output receives a job's output as it is produced. Write is called from one
+// goroutine at a time, with chunks in the order they were written; p is
+// only valid during the call.
+type Output interface {
+	Write(stream string, p []byte) error
+}
+
+// Result is how a finished test process ended.
+type Result struct {
+	// ExitCode is the exit code of the test process.
+	ExitCode int
+	// OOMKilled is true when the process was killed for exceeding its
+	// memory limit.
+	OOMKilled bool
+}
+
+// Executor runs a job's tests in an isolated environment.
+//
+// Run prepares the environment (for Docker: image, container, project
+// files), starts `python -m pytest` in the project's root and streams its
+// output to out chunk by chunk as it is produced, stdout and stderr kept
+// apart. It returns when the process has exited and all of its output has
+// been written to out. A non-nil error means the tests could not be run (or
+// their run could not be followed); its message is shown to the user as the
+// job's reason.
+//
+// When ctx is canceled, Run stops the process and returns ctx's error
+// promptly. Whatever way it returns, Run leaves nothing behind (no
+// container, volume or temporary file). Run is safe to call concurrently for
+// different jobs.
+type Executor interface {
+	Run(ctx context.Context, spec Spec, out Output) (Result, error)
+}

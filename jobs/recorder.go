@@ -1,0 +1,288 @@
+package jobs
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+	"unicode/utf8"
+)
+
+// Limits of the recorder's group commit.
+const (
+	// maxPending is how many events may wait for a commit before emitters
+	// block: back-pressure on the executor instead of unbounded memory.
+	maxPending = 4096
+	// maxBatch is the most events written in one transaction.
+	maxBatch = 1024
+	// maxMergedText is how large a pending log event may grow by merging
+	// chunks of the same stream that arrive while a commit is in flight.
+	maxMergedText = 64 << 10
+)
+
+// recorder is the single writer of one job's event log. It assigns seqs,
+// persists events in batched transactions (group commit: whatever arrives
+// while one transaction is in flight goes into the next one) and publishes
+// each batch to the broker only after it is committed.
+//
+// Emitters never wait for a commit unless maxPending events are already
+// waiting. A log chunk that arrives while its predecessor of the same stream
+// is still pending is merged into it, so a flood of output makes fewer,
+// larger events without delaying anything: merging happens only while the
+// writer is busy anyway.
+type recorder struct {
+	store  Store
+	broker *Broker
+	log    *slog.Logger
+
+	mu      sync.Mutex
+	cond    *sync.Cond // signals: pending drained, or closing
+	job     Job        // latest state, including changes not yet persisted
+	saved   Job        // state as of the last event handed to the writer
+	pending []pendingEvent
+	closing bool
+	err     error // first commit error; once set, nothing more is recorded
+
+	wake chan struct{} // capacity 1: there is pending work
+	done chan struct{} // closed when the writer goroutine exits
+}
+
+// pendingEvent is an event waiting for its commit. job is set on status
+// events: the job's state right after the change, persisted with the event.
+type pendingEvent struct {
+	ev  Event
+	job *Job
+}
+
+// newRecorder starts the writer of job's event log; job.LastSeq must be the
+// seq of its last persisted event.
+func newRecorder(store Store, broker *Broker, log *slog.Logger, job *Job) *recorder {
+	r := &recorder{
+		store:  store,
+		broker: broker,
+		log:    log,
+		job:    *job,
+		wake:   make(chan struct{}, 1),
+		done:   make(chan struct{}),
+	}
+	r.job.Args = append([]string(nil), job.Args...)
+	r.saved = r.job
+	r.cond = sync.NewCond(&r.mu)
+	go r.run()
+	return r
+}
+
+// emitLocked assigns the next seq to ev and queues it, with a snapshot of
+// the job when it is a status event. r.mu must be held.
+func (r *recorder) emitLocked(ev Event) error {
+	for len(r.pending) >= maxPending && r.err == nil && !r.closing {
+		r.cond.Wait()
+	}
+	if r.err != nil {
+		return r.err
+	}
+	if r.closing {
+		return fmt.Errorf("record event: recorder closed")
+	}
+	if n := len(r.pending); n > 0 && ev.Type == EventLog {
+		last := &r.pending[n-1].ev
+		if last.Type == EventLog && last.Stream == ev.Stream && len(last.Text)+len(ev.Text) <= maxMergedText {
+			last.Text += ev.Text
+			return nil
+		}
+	}
+	r.job.LastSeq++
+	ev.JobID = r.job.ID
+	ev.Seq = r.job.LastSeq
+	if ev.Time.IsZero() {
+		ev.Time = time.Now().UTC()
+	}
+	pe := pendingEvent{ev: ev}
+	if ev.Type == EventStatus {
+		snap := r.job
+		pe.job = &snap
+	}
+	r.pending = append(r.pending, pe)
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// Log records a chunk of output. text must be valid UTF-8 (see utf8Splitter).
+func (r *recorder) Log(stream, text string) error {
+	if text == "" {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.emitLocked(Event{Type: EventLog, Stream: stream, Text: text})
+}
+
+// Status records a status change. update may change the job's other fields
+// (times, exit code, reason) in the same step; they are persisted in the
+// same transaction as the event.
+func (r *recorder) Status(status Status, update func(j *Job)) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.job.Status.Terminal() {
+		return fmt.Errorf("record status %s: job already ended %s", status, r.job.Status)
+	}
+	r.job.Status = status
+	if update != nil {
+		update(&r.job)
+	}
+	ev := Event{Type: EventStatus, Status: status}
+	if status.Terminal() {
+		ev.ExitCode = r.job.ExitCode
+		ev.Reason = r.job.Reason
+	}
+	return r.emitLocked(ev)
+}
+
+// Close waits until every emitted event is persisted and published, stops
+// the writer and returns the first error met.
+func (r *recorder) Close() error {
+	r.mu.Lock()
+	r.closing = true
+	r.cond.Broadcast()
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+	<-r.done
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.err
+}
+
+// Job returns a copy of the job as recorded so far.
+func (r *recorder) Job() Job {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.job
+}
+
+func (r *recorder) run() {
+	defer close(r.done)
+	for range r.wake {
+		for {
+			r.mu.Lock()
+			if len(r.pending) == 0 || r.err != nil {
+				closing := r.closing
+				r.mu.Unlock()
+				if closing {
+					return
+				}
+				break
+			}
+			n := min(len(r.pending), maxBatch)
+			batch := make([]Event, n)
+			for i, pe := range r.pending[:n] {
+				batch[i] = pe.ev
+				if pe.job != nil {
+					r.saved = *pe.job
+				}
+			}
+			r.pending = r.pending[n:]
+			if len(r.pending) == 0 {
+				r.pending = nil // let a big backlog's array go
+			}
+			// The row as of the batch's last event: never ahead of the
+			// events that are committed with it.
+			snap := r.saved
+			snap.LastSeq = batch[n-1].Seq
+			r.cond.Broadcast()
+			r.mu.Unlock()
+
+			if err := r.commit(&snap, batch); err != nil {
+				r.mu.Lock()
+				r.err = err
+				r.pending = nil
+				r.cond.Broadcast()
+				r.mu.Unlock()
+				r.log.Error("record events", "job", snap.ID, "err", err)
+				continue
+			}
+			r.broker.Publish(snap.ID, batch)
+		}
+	}
+}
+
+// commit persists one batch, retrying transient failures (for example a
+// busy database) a few times.
+func (r *recorder) commit(job *Job, batch []Event) error {
+	assertGapless(batch)
+	var err error
+	for attempt := range 5 {
+		// Not the job's context: a canceled job still records how it ended.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err = r.store.AppendEvents(ctx, job, batch)
+		cancel()
+		if err == nil || ErrorCode(err) == ECONFLICT {
+			return err
+		}
+		time.Sleep(time.Duration(attempt+1) * 50 * time.Millisecond)
+	}
+	return err
+}
+
+// assertGapless panics if batch is not a run of consecutive seqs: that
+// would be a bug in the recorder, never a condition to handle.
+func assertGapless(batch []Event) {
+	for i := range batch {
+		if batch[i].Seq != batch[0].Seq+int64(i) {
+			panic(fmt.Sprintf("jobs: batch seq %d at %d, want %d", batch[i].Seq, i, batch[0].Seq+int64(i)))
+		}
+	}
+}
+
+// utf8Splitter turns a byte stream into valid UTF-8 chunks, holding back an
+// incomplete multi-byte rune at the end of a chunk until the rest arrives.
+type utf8Splitter struct {
+	carry []byte
+}
+
+// Next returns the text of p (with what was held back before) that is safe
+// to emit now.
+func (s *utf8Splitter) Next(p []byte) string {
+	var b []byte
+	if len(s.carry) > 0 {
+		b = append(s.carry, p...)
+		s.carry = nil
+	} else {
+		b = p
+	}
+	cut := len(b)
+	// Look back at most utf8.UTFMax-1 bytes for the start of a rune that
+	// is not complete yet.
+	for i := len(b) - 1; i >= 0 && i >= len(b)-(utf8.UTFMax-1); i-- {
+		if utf8.RuneStart(b[i]) {
+			if !utf8.FullRune(b[i:]) {
+				cut = i
+			}
+			break
+		}
+	}
+	if cut < len(b) {
+		s.carry = append([]byte(nil), b[cut:]...)
+	}
+	return toValidUTF8(b[:cut])
+}
+
+// Flush returns whatever is held back (at the end of a stream).
+func (s *utf8Splitter) Flush() string {
+	b := s.carry
+	s.carry = nil
+	return toValidUTF8(b)
+}
+
+func toValidUTF8(b []byte) string {
+	if utf8.Valid(b) {
+		return string(b)
+	}
+	return string([]rune(string(b))) // replaces invalid bytes with U+FFFD
+}

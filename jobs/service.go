@@ -1,0 +1,450 @@
+package jobs
+
+import (
+	"archive/zip"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Config tunes a Service.
+type Config struct {
+	// Concurrency is the most jobs run at once; 0 means the number of CPUs.
+	Concurrency int
+	// SubscriptionBuffer is the broker buffer of each follower; 0 means
+	// DefaultSubscriptionBuffer.
+	SubscriptionBuffer int
+	// Logger receives the service's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// SubmitOptions are a client's choices for one job.
+type SubmitOptions struct {
+	// Args are extra pytest arguments.
+	Args []string
+}
+
+// Service queues jobs, runs them on an Executor with bounded concurrency,
+// records their events in a Store and fans them out to followers.
+//
+// Jobs run first in, first out. Queued jobs survive a restart: Start picks
+// them up again in submission order.
+type Service struct {
+	store    Store
+	archives Archives
+	exec     Executor
+	broker   *Broker
+	cfg      Config
+	log      *slog.Logger
+
+	mu      sync.Mutex
+	queue   []string             // IDs of queued jobs, oldest first
+	queued  chan struct{}        // capacity 1: the queue grew
+	running map[string]*recorder // recorders of running jobs
+
+	ctx    context.Context // canceled by Close: stops workers and jobs
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// NewService returns a service; call Start to run jobs.
+func NewService(store Store, archives Archives, exec Executor, cfg Config) *Service {
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = runtime.NumCPU()
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Service{
+		store:    store,
+		archives: archives,
+		exec:     exec,
+		broker:   NewBroker(),
+		cfg:      cfg,
+		log:      log,
+		queued:   make(chan struct{}, 1),
+		running:  make(map[string]*recorder),
+		ctx:      ctx,
+		cancel:   cancel,
+	}
+}
+
+// Broker returns the service's event broker.
+func (s *Service) Broker() *Broker { return s.broker }
+
+// Start recovers the jobs a previous server left unfinished and starts the
+// workers. Jobs that were running when the previous server stopped end
+// with status error (re-attaching to them is a later feature); queued jobs
+// are queued again, oldest first.
+func (s *Service) Start(ctx context.Context) error {
+	stale, err := s.store.JobsByStatus(ctx, StatusRunning)
+	if err != nil {
+		return fmt.Errorf("recover running jobs: %w", err)
+	}
+	for _, job := range stale {
+		rec := newRecorder(s.store, s.broker, s.log, job)
+		err := rec.Status(StatusError, func(j *Job) {
+			now := time.Now().UTC()
+			j.FinishedAt = &now
+			j.Reason = "ci-server stopped while the job was running; submit it again"
+		})
+		if cerr := rec.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("end stale job %s: %w", job.ID, err)
+		}
+		s.log.Warn("ended job left running by a previous server", "job", job.ID)
+	}
+	queued, err := s.store.JobsByStatus(ctx, StatusQueued)
+	if err != nil {
+		return fmt.Errorf("recover queued jobs: %w", err)
+	}
+	s.mu.Lock()
+	for _, job := range queued {
+		s.queue = append(s.queue, job.ID)
+	}
+	s.mu.Unlock()
+	if len(queued) > 0 {
+		s.log.Info("requeued jobs", "count", len(queued))
+		s.notify()
+	}
+	for range s.cfg.Concurrency {
+		s.wg.Add(1)
+		go s.worker()
+	}
+	return nil
+}
+
+// Close stops the workers. Running jobs are stopped and end with status
+// error; queued jobs stay queued for the next start. It returns when every
+// worker is done.
+func (s *Service) Close() error {
+	s.cancel()
+	s.wg.Wait()
+	return nil
+}
+
+// Submit stores the zip archive read from r and queues a job for it.
+func (s *Service) Submit(ctx context.Context, r io.Reader, opts SubmitOptions) (*Job, error) {
+	for _, a := range opts.Args {
+		if strings.ContainsRune(a, 0) {
+			return nil, Errorf(EINVALID, "pytest argument %q contains a NUL byte", a)
+		}
+	}
+	key, size, err := s.archives.Put(ctx, r)
+	if err != nil {
+		return nil, fmt.Errorf("store archive: %w", err)
+	}
+	if err := validateZip(s.archives.Path(key)); err != nil {
+		// Content-addressed: a job can only refer to a valid archive, so an
+		// invalid one is never shared with another job.
+		if rerr := s.archives.Remove(key); rerr != nil {
+			s.log.Error("remove refused archive", "key", key, "err", rerr)
+		}
+		return nil, err
+	}
+	now := time.Now().UTC()
+	job := &Job{
+		Status:      StatusQueued,
+		Args:        append([]string{}, opts.Args...),
+		Archive:     key,
+		ArchiveSize: size,
+		CreatedAt:   now,
+		LastSeq:     1,
+	}
+	first := []Event{{Seq: 1, Time: now, Type: EventStatus, Status: StatusQueued}}
+	if err := s.store.CreateJob(ctx, job, first); err != nil {
+		return nil, fmt.Errorf("create job: %w", err)
+	}
+	s.log.Info("job queued", "job", job.ID, "size", size, "args", job.Args)
+	s.mu.Lock()
+	s.queue = append(s.queue, job.ID)
+	s.mu.Unlock()
+	s.notify()
+	return job, nil
+}
+
+// validateZip checks that the file at p is a zip archive whose entries are
+// all safe relative paths.
+func validateZip(p string) error {
+	zr, err := zip.OpenReader(p)
+	if err != nil {
+		return Errorf(EINVALID, "upload is not a valid zip archive: %v", err)
+	}
+	defer zr.Close()
+	for _, f := range zr.File {
+		name := f.Name
+		if name == "" || strings.HasPrefix(name, "/") || strings.Contains(name, "\\") || hasDotDot(name) {
+			return Errorf(EINVALID, "archive entry %q is not a safe relative path", name)
+		}
+		if f.Mode()&fs.ModeSymlink != 0 {
+			return Errorf(EINVALID, "archive entry %q is a symbolic link; links are not allowed", name)
+		}
+	}
+	return nil
+}
+
+func hasDotDot(name string) bool {
+	for _, part := range strings.Split(name, "/") {
+		if part == ".." {
+			return true
+		}
+	}
+	return false
+}
+
+// Job returns the job with the given ID.
+func (s *Service) Job(ctx context.Context, id string) (*Job, error) {
+	return s.store.Job(ctx, id)
+}
+
+// Jobs returns a page of jobs, newest first.
+func (s *Service) Jobs(ctx context.Context, opts ListOptions) ([]*Job, error) {
+	return s.store.Jobs(ctx, opts)
+}
+
+// Events returns up to limit persisted events of a job with seq > after.
+func (s *Service) Events(ctx context.Context, id string, after int64, limit int) ([]Event, error) {
+	return s.store.Events(ctx, id, after, limit)
+}
+
+// replayPage is how many events Follow reads from the store at a time.
+const replayPage = 1000
+
+// Follow calls fn with every event of the job with seq > after, in seq
+// order and each exactly once: first those already stored, then new ones as
+// they are committed. It returns nil after the terminal event, ctx's error
+// when ctx ends, or fn's error.
+//
+// It subscribes before it reads the store, so an event committed during the
+// replay is either in the replay or in the subscription (or both: live
+// events at or below the last seq sent are skipped). When the subscription
+// overflows because fn is slow, it catches up from the store and subscribes
+// again, so a slow follower costs bounded memory and loses nothing.
+func (s *Service) Follow(ctx context.Context, id string, after int64, fn func(Event) error) error {
+	if _, err := s.store.Job(ctx, id); err != nil {
+		return err
+	}
+	last := after
+	for {
+		sub := s.broker.Subscribe(id, s.cfg.SubscriptionBuffer)
+		done, err := s.follow(ctx, sub, id, &last, fn)
+		sub.Close()
+		if done || err != nil {
+			return err
+		}
+	}
+}
+
+// follow replays from the store, then delivers from sub. It reports done
+// after the terminal event, or not done when sub overflowed (or showed a
+// gap) and the caller must catch up from the store again.
+func (s *Service) follow(ctx context.Context, sub *Subscription, id string, last *int64, fn func(Event) error) (done bool, err error) {
+	deliver := func(ev Event) (bool, error) {
+		if ev.Seq != *last+1 {
+			return false, fmt.Errorf("follow job %s: got seq %d after %d", id, ev.Seq, *last)
+		}
+		if err := fn(ev); err != nil {
+			return false, err
+		}
+		*last = ev.Seq
+		return ev.Terminal(), nil
+	}
+	for {
+		evs, err := s.store.Events(ctx, id, *last, replayPage)
+		if err != nil {
+			return false, fmt.Errorf("replay events: %w", err)
+		}
+		for _, ev := range evs {
+			if done, err := deliver(ev); done || err != nil {
+				return done, err
+			}
+		}
+		if len(evs) < replayPage {
+			break
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return false, ctx.Err()
+		case ev, ok := <-sub.C:
+			if !ok {
+				return false, nil // overflowed: catch up from the store
+			}
+			if ev.Seq <= *last {
+				continue // already sent by the replay
+			}
+			if ev.Seq != *last+1 {
+				return false, nil // cannot happen without overflow; recover anyway
+			}
+			if done, err := deliver(ev); done || err != nil {
+				return done, err
+			}
+		}
+	}
+}
+
+func (s *Service) notify() {
+	select {
+	case s.queued <- struct{}{}:
+	default:
+	}
+}
+
+// next takes the oldest queued job ID, waiting for one. It returns false
+// when the service is closing.
+func (s *Service) next() (string, bool) {
+	for {
+		s.mu.Lock()
+		if len(s.queue) > 0 {
+			id := s.queue[0]
+			s.queue = s.queue[1:]
+			more := len(s.queue) > 0
+			s.mu.Unlock()
+			if more {
+				s.notify() // wake another worker for the rest
+			}
+			return id, true
+		}
+		s.mu.Unlock()
+		select {
+		case <-s.ctx.Done():
+			return "", false
+		case <-s.queued:
+		}
+	}
+}
+
+func (s *Service) worker() {
+	defer s.wg.Done()
+	for {
+		if s.ctx.Err() != nil {
+			return
+		}
+		id, ok := s.next()
+		if !ok {
+			return
+		}
+		if s.ctx.Err() != nil {
+			// Closing: leave it queued for the next start.
+			return
+		}
+		job, err := s.store.Job(s.ctx, id)
+		if err != nil {
+			s.log.Error("load queued job", "job", id, "err", err)
+			continue
+		}
+		if job.Status != StatusQueued {
+			continue
+		}
+		s.run(job)
+	}
+}
+
+// run runs one job to its end and records everything it does.
+func (s *Service) run(job *Job) {
+	log := s.log.With("job", job.ID)
+	rec := newRecorder(s.store, s.broker, log, job)
+	s.mu.Lock()
+	s.running[job.ID] = rec
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.running, job.ID)
+		s.mu.Unlock()
+	}()
+
+	started := time.Now().UTC()
+	if err := rec.Status(StatusRunning, func(j *Job) { j.StartedAt = &started }); err != nil {
+		log.Error("record running", "err", err)
+	}
+	log.Info("job started")
+
+	out := &recordOutput{rec: rec}
+	spec := Spec{JobID: job.ID, Archive: s.archives.Path(job.Archive), Args: job.Args}
+	res, err := s.exec.Run(s.ctx, spec, out)
+	out.flush()
+
+	status, exitCode, reason := outcome(res, err, s.ctx.Err() != nil)
+	finished := time.Now().UTC()
+	if serr := rec.Status(status, func(j *Job) {
+		j.FinishedAt = &finished
+		j.ExitCode = exitCode
+		j.Reason = reason
+	}); serr != nil {
+		log.Error("record end", "err", serr)
+	}
+	if cerr := rec.Close(); cerr != nil {
+		log.Error("job events not fully recorded", "err", cerr)
+	}
+	log.Info("job ended", "status", status, "exit_code", res.ExitCode, "duration", finished.Sub(started).Round(time.Millisecond), "reason", reason)
+}
+
+// outcome maps how the executor ended to the job's terminal status.
+func outcome(res Result, err error, shuttingDown bool) (Status, *int, string) {
+	switch {
+	case err != nil && shuttingDown && errors.Is(err, context.Canceled):
+		return StatusError, nil, "ci-server shut down while the job was running; submit it again"
+	case err != nil:
+		return StatusError, nil, err.Error()
+	case res.OOMKilled:
+		code := res.ExitCode
+		return StatusError, &code, "the tests were killed for using more memory than the container's limit"
+	case res.ExitCode == 0:
+		code := 0
+		return StatusPassed, &code, ""
+	default:
+		code := res.ExitCode
+		return StatusFailed, &code, failReason(code)
+	}
+}
+
+// failReason explains pytest's exit codes.
+func failReason(code int) string {
+	switch code {
+	case 1:
+		return "some tests failed"
+	case 2:
+		return "pytest was interrupted (for example by an error while collecting tests)"
+	case 3:
+		return "pytest hit an internal error"
+	case 4:
+		return "pytest was used wrongly (check the pytest arguments)"
+	case 5:
+		return "pytest collected no tests"
+	}
+	return fmt.Sprintf("the test process exited with code %d", code)
+}
+
+// recordOutput adapts a recorder to the Executor's Output, keeping each
+// stream's chunks valid UTF-8.
+type recordOutput struct {
+	rec            *recorder
+	stdout, stderr utf8Splitter
+}
+
+func (o *recordOutput) Write(stream string, p []byte) error {
+	sp := &o.stdout
+	if stream == StreamStderr {
+		sp = &o.stderr
+	} else {
+		stream = StreamStdout
+	}
+	return o.rec.Log(stream, sp.Next(p))
+}
+
+func (o *recordOutput) flush() {
+	o.rec.Log(StreamStdout, o.stdout.Flush())
+	o.rec.Log(StreamStderr, o.stderr.Flush())
+}

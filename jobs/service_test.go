@@ -1,0 +1,388 @@
+package jobs
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// waitFor polls cond until it holds, failing the test after a deadline.
+func waitFor(t testing.TB, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met before the deadline")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+type testEnv struct {
+	store *memStore
+	arch  *dirArchives
+	svc   *Service
+}
+
+func newTestService(t *testing.T, exec Executor, concurrency int) *testEnv {
+	t.Helper()
+	env := &testEnv{store: newMemStore(), arch: &dirArchives{dir: t.TempDir()}}
+	env.start(t, exec, concurrency)
+	return env
+}
+
+func (e *testEnv) start(t *testing.T, exec Executor, concurrency int) {
+	t.Helper()
+	e.svc = NewService(e.store, e.arch, exec, Config{Concurrency: concurrency})
+	if err := e.svc.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	svc := e.svc
+	t.Cleanup(func() { svc.Close() })
+}
+
+func (e *testEnv) submit(t *testing.T, args ...string) *Job {
+	t.Helper()
+	zip := makeZip(t, map[string]string{"test_a.py": "def test_a(): pass\n"})
+	job, err := e.svc.Submit(context.Background(), bytes.NewReader(zip), SubmitOptions{Args: args})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return job
+}
+
+// collect follows a job from after to its end and returns the events.
+func collect(t testing.TB, svc *Service, id string, after int64) []Event {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var evs []Event
+	if err := svc.Follow(ctx, id, after, func(ev Event) error {
+		evs = append(evs, ev)
+		return nil
+	}); err != nil {
+		t.Fatalf("follow %s: %v", id, err)
+	}
+	return evs
+}
+
+func TestServiceRunsJobToTheEnd(t *testing.T) {
+	exec := funcExec(func(ctx context.Context, spec Spec, out Output) (Result, error) {
+		out.Write(StreamStdout, []byte("collected 1 item\n"))
+		out.Write(StreamStdout, []byte("."))
+		out.Write(StreamStderr, []byte("warning\n"))
+		return Result{ExitCode: 0}, nil
+	})
+	env := newTestService(t, exec, 1)
+	job := env.submit(t)
+	evs := collect(t, env.svc, job.ID, 0)
+
+	var kinds []string
+	for i, ev := range evs {
+		if ev.Seq != int64(i+1) {
+			t.Fatalf("event %d seq=%d, want %d", i, ev.Seq, i+1)
+		}
+		kinds = append(kinds, string(ev.Type)+":"+string(ev.Status)+ev.Stream)
+	}
+	want := "status:queued status:running log:stdout log:stderr status:passed"
+	if got := strings.Join(kinds, " "); got != want && got != "status:queued status:running log:stdout log:stdout log:stderr status:passed" {
+		t.Fatalf("events %q, want %q", got, want)
+	}
+	got, _ := env.svc.Job(context.Background(), job.ID)
+	if got.Status != StatusPassed || got.ExitCode == nil || *got.ExitCode != 0 || got.FinishedAt == nil || got.StartedAt == nil {
+		t.Fatalf("job %+v, want passed with exit code 0 and times", got)
+	}
+}
+
+func TestServiceOutcomes(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		res    Result
+		err    error
+		status Status
+		code   int // -1: none
+		reason string
+	}{
+		{"passed", Result{ExitCode: 0}, nil, StatusPassed, 0, ""},
+		{"failed", Result{ExitCode: 1}, nil, StatusFailed, 1, "some tests failed"},
+		{"no tests", Result{ExitCode: 5}, nil, StatusFailed, 5, "no tests"},
+		{"executor error", Result{}, fmt.Errorf(`image "x" is not available`), StatusError, -1, `image "x" is not available`},
+		{"oom", Result{ExitCode: 137, OOMKilled: true}, nil, StatusError, 137, "memory"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			exec := funcExec(func(context.Context, Spec, Output) (Result, error) { return tc.res, tc.err })
+			env := newTestService(t, exec, 1)
+			job := env.submit(t)
+			evs := collect(t, env.svc, job.ID, 0)
+			last := evs[len(evs)-1]
+			if last.Status != tc.status || !strings.Contains(last.Reason, tc.reason) {
+				t.Fatalf("terminal event %+v, want %s with reason containing %q", last, tc.status, tc.reason)
+			}
+			if (tc.code < 0) != (last.ExitCode == nil) || (last.ExitCode != nil && *last.ExitCode != tc.code) {
+				t.Fatalf("exit code %v, want %d", last.ExitCode, tc.code)
+			}
+		})
+	}
+}
+
+func TestServicePassesSpec(t *testing.T) {
+	got := make(chan Spec, 1)
+	exec := funcExec(func(ctx context.Context, spec Spec, out Output) (Result, error) {
+		got <- spec
+		return Result{}, nil
+	})
+	env := newTestService(t, exec, 1)
+	job := env.submit(t, "-k", "test_a")
+	spec := <-got
+	if spec.JobID != job.ID || strings.Join(spec.Args, " ") != "-k test_a" || spec.Archive != env.arch.Path(job.Archive) {
+		t.Fatalf("spec %+v, want job %s, args [-k test_a], archive %s", spec, job.ID, env.arch.Path(job.Archive))
+	}
+}
+
+func TestServiceRefusesBadArchives(t *testing.T) {
+	env := newTestService(t, funcExec(func(context.Context, Spec, Output) (Result, error) { return Result{}, nil }), 1)
+	for name, body := range map[string][]byte{
+		"not a zip": []byte("hello, I am not a zip"),
+		"empty":     nil,
+		"dotdot":    makeZip(t, map[string]string{"../evil.py": "x"}),
+		"absolute":  makeZip(t, map[string]string{"/etc/evil": "x"}),
+	} {
+		_, err := env.svc.Submit(context.Background(), bytes.NewReader(body), SubmitOptions{})
+		if ErrorCode(err) != EINVALID {
+			t.Errorf("%s: err=%v, want an EINVALID error", name, err)
+		}
+	}
+	if jobs, _ := env.svc.Jobs(context.Background(), ListOptions{}); len(jobs) != 0 {
+		t.Fatalf("%d jobs after refused uploads, want 0", len(jobs))
+	}
+}
+
+// TestServiceFIFOAndConcurrency runs more jobs than workers: each time a
+// slot frees up, the oldest queued job starts, and no more than Concurrency
+// run at once.
+func TestServiceFIFOAndConcurrency(t *testing.T) {
+	const concurrency, n = 2, 8
+	var live, maxLive atomic.Int32
+	started := make(chan string, n)
+	var mu sync.Mutex
+	release := map[string]chan struct{}{}
+	releaseOf := func(id string) chan struct{} {
+		mu.Lock()
+		defer mu.Unlock()
+		if release[id] == nil {
+			release[id] = make(chan struct{})
+		}
+		return release[id]
+	}
+	exec := funcExec(func(ctx context.Context, spec Spec, out Output) (Result, error) {
+		l := live.Add(1)
+		for {
+			m := maxLive.Load()
+			if l <= m || maxLive.CompareAndSwap(m, l) {
+				break
+			}
+		}
+		started <- spec.JobID
+		<-releaseOf(spec.JobID)
+		live.Add(-1)
+		return Result{}, nil
+	})
+	env := newTestService(t, exec, concurrency)
+	var ids []string
+	for range n {
+		ids = append(ids, env.submit(t).ID)
+	}
+	first := map[string]bool{<-started: true, <-started: true}
+	if !first[ids[0]] || !first[ids[1]] {
+		t.Fatalf("first started %v, want %s and %s", first, ids[0], ids[1])
+	}
+	for i := concurrency; i < n; i++ {
+		close(releaseOf(ids[i-concurrency]))
+		if got := <-started; got != ids[i] {
+			t.Fatalf("after job %d ended, %s started, want %s (job %d)", i-concurrency, got, ids[i], i)
+		}
+	}
+	for i := n - concurrency; i < n; i++ {
+		close(releaseOf(ids[i]))
+	}
+	for _, id := range ids {
+		collect(t, env.svc, id, 0)
+	}
+	if m := maxLive.Load(); m != concurrency {
+		t.Fatalf("max concurrent runs=%d, want %d", m, concurrency)
+	}
+}
+
+// TestServiceRestartKeepsQueuedJobs closes a service while jobs are queued
+// behind a running one; a new service on the same store runs the queued
+// jobs and ends the one that was running as error.
+func TestServiceRestartKeepsQueuedJobs(t *testing.T) {
+	started := make(chan string, 10)
+	blocking := funcExec(func(ctx context.Context, spec Spec, out Output) (Result, error) {
+		started <- spec.JobID
+		<-ctx.Done()
+		return Result{}, ctx.Err()
+	})
+	env := newTestService(t, blocking, 1)
+	running := env.submit(t)
+	if id := <-started; id != running.ID {
+		t.Fatalf("started %s, want %s", id, running.ID)
+	}
+	q1, q2 := env.submit(t), env.submit(t)
+	env.svc.Close()
+
+	j, _ := env.store.Job(context.Background(), running.ID)
+	if j.Status != StatusError || !strings.Contains(j.Reason, "shut down") {
+		t.Fatalf("running job after shutdown: %s %q, want error saying the server shut down", j.Status, j.Reason)
+	}
+	for _, id := range []string{q1.ID, q2.ID} {
+		if j, _ := env.store.Job(context.Background(), id); j.Status != StatusQueued {
+			t.Fatalf("queued job %s is %s after shutdown, want queued", id, j.Status)
+		}
+	}
+
+	var mu sync.Mutex
+	var ran []string
+	env.start(t, funcExec(func(ctx context.Context, spec Spec, out Output) (Result, error) {
+		mu.Lock()
+		ran = append(ran, spec.JobID)
+		mu.Unlock()
+		return Result{}, nil
+	}), 1)
+	for _, id := range []string{q1.ID, q2.ID} {
+		evs := collect(t, env.svc, id, 0)
+		if last := evs[len(evs)-1]; last.Status != StatusPassed {
+			t.Fatalf("requeued job %s ended %s, want passed", id, last.Status)
+		}
+	}
+	if strings.Join(ran, ",") != q1.ID+","+q2.ID {
+		t.Fatalf("ran %v, want [%s %s] in order", ran, q1.ID, q2.ID)
+	}
+}
+
+func TestServiceStartEndsStaleRunningJobs(t *testing.T) {
+	st := newMemStore()
+	job := &Job{Status: StatusRunning, LastSeq: 2}
+	st.CreateJob(context.Background(), job, []Event{
+		{Seq: 1, Type: EventStatus, Status: StatusQueued},
+		{Seq: 2, Type: EventStatus, Status: StatusRunning},
+	})
+	env := &testEnv{store: st, arch: &dirArchives{dir: t.TempDir()}}
+	env.start(t, funcExec(func(context.Context, Spec, Output) (Result, error) { return Result{}, nil }), 1)
+	evs := collect(t, env.svc, job.ID, 0)
+	if len(evs) != 3 || evs[2].Status != StatusError || evs[2].Reason == "" {
+		t.Fatalf("events %+v, want queued, running, error with a reason", evs)
+	}
+}
+
+// TestFollowManyConcurrentSubscribers is the replay-then-follow race: while
+// a job writes thousands of events, followers start at random moments from
+// random seqs, some of them slow enough to overflow their subscription.
+// Each must see exactly after+1 .. last, in order, once.
+func TestFollowManyConcurrentSubscribers(t *testing.T) {
+	const chunks = 3000
+	const followers = 40
+	produce := make(chan struct{})
+	exec := funcExec(func(ctx context.Context, spec Spec, out Output) (Result, error) {
+		<-produce
+		for i := range chunks {
+			if err := out.Write(StreamStdout, fmt.Appendf(nil, "%d\n", i)); err != nil {
+				return Result{}, err
+			}
+			if i%100 == 0 {
+				runtime.Gosched()
+			}
+		}
+		return Result{}, nil
+	})
+	st := newMemStore()
+	env := &testEnv{store: st, arch: &dirArchives{dir: t.TempDir()}}
+	env.svc = NewService(st, env.arch, exec, Config{Concurrency: 1, SubscriptionBuffer: 8})
+	if err := env.svc.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer env.svc.Close()
+	job := env.submit(t)
+
+	var wg sync.WaitGroup
+	results := make([][]Event, followers)
+	afters := make([]int64, followers)
+	startGate := make(chan struct{})
+	for f := range followers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-startGate
+			// Start at a random point of the job's life, from a random seq
+			// that may not exist yet.
+			for range rand.IntN(50) {
+				runtime.Gosched()
+			}
+			j, _ := st.Job(context.Background(), job.ID)
+			afters[f] = rand.Int64N(j.LastSeq + 1)
+			slow := f%4 == 0
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			err := env.svc.Follow(ctx, job.ID, afters[f], func(ev Event) error {
+				results[f] = append(results[f], ev)
+				if slow && ev.Seq%7 == 0 {
+					for range 200 {
+						runtime.Gosched() // fall behind the writer
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				t.Errorf("follower %d: %v", f, err)
+			}
+		}()
+	}
+	close(startGate)
+	close(produce)
+	wg.Wait()
+
+	final, _ := st.Job(context.Background(), job.ID)
+	if final.Status != StatusPassed {
+		t.Fatalf("job ended %s, want passed", final.Status)
+	}
+	for f, evs := range results {
+		want := afters[f] + 1
+		for _, ev := range evs {
+			if ev.Seq != want {
+				t.Fatalf("follower %d (after=%d): got seq %d, want %d", f, afters[f], ev.Seq, want)
+			}
+			want++
+		}
+		if want-1 != final.LastSeq {
+			t.Fatalf("follower %d (after=%d): ended at seq %d, want %d", f, afters[f], want-1, final.LastSeq)
+		}
+	}
+	// And the stored text is every line exactly once, in order.
+	all := collect(t, env.svc, job.ID, 0)
+	var text strings.Builder
+	for _, ev := range all {
+		text.WriteString(ev.Text)
+	}
+	var want strings.Builder
+	for i := range chunks {
+		fmt.Fprintf(&want, "%d\n", i)
+	}
+	if text.String() != want.String() {
+		t.Fatal("stored output is not every chunk once, in order")
+	}
+}
+
+func TestFollowUnknownJob(t *testing.T) {
+	env := newTestService(t, funcExec(func(context.Context, Spec, Output) (Result, error) { return Result{}, nil }), 1)
+	err := env.svc.Follow(context.Background(), "nope", 0, func(Event) error { return nil })
+	if ErrorCode(err) != ENOTFOUND {
+		t.Fatalf("err=%v, want ENOTFOUND", err)
+	}
+}
