@@ -1,0 +1,263 @@
+// Package api routes ci-server's HTTP API: job upload, status, list, log
+// text and health. It mounts the WebSocket event streams and the web UI.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strconv"
+	"time"
+
+	"ci/jobs"
+)
+
+// Service is what the API needs from the jobs service.
+type Service interface {
+	Submit(ctx context.Context, r io.Reader, opts jobs.SubmitOptions) (*jobs.Job, error)
+	Job(ctx context.Context, id string) (*jobs.Job, error)
+	Jobs(ctx context.Context, opts jobs.ListOptions) ([]*jobs.Job, error)
+	Events(ctx context.Context, id string, after int64, limit int) ([]jobs.Event, error)
+}
+
+// Config holds the parts and limits of the API.
+type Config struct {
+	// Events serves GET /api/v1/jobs/{id}/events (the WebSocket stream).
+	Events http.Handler
+	// UI serves the web pages: GET / and GET /jobs/{id}.
+	UI http.Handler
+	// MaxUpload is the largest accepted archive in bytes; 0 means
+	// DefaultMaxUpload.
+	MaxUpload int64
+	// Logger receives request errors; nil discards them.
+	Logger *slog.Logger
+}
+
+// DefaultMaxUpload is the default limit on an uploaded archive.
+const DefaultMaxUpload = 100 << 20
+
+// List page sizes.
+const (
+	defaultListLimit = 50
+	maxListLimit     = 1000
+)
+
+// Handler serves the API.
+type Handler struct {
+	svc Service
+	cfg Config
+	log *slog.Logger
+	mux *http.ServeMux
+}
+
+// NewHandler returns the HTTP handler of the whole server.
+func NewHandler(svc Service, cfg Config) *Handler {
+	if cfg.MaxUpload <= 0 {
+		cfg.MaxUpload = DefaultMaxUpload
+	}
+	h := &Handler{svc: svc, cfg: cfg, log: cfg.Logger, mux: http.NewServeMux()}
+	if h.log == nil {
+		h.log = slog.New(slog.DiscardHandler)
+	}
+	m := h.mux
+	m.HandleFunc("POST /api/v1/jobs", h.submit)
+	m.HandleFunc("GET /api/v1/jobs", h.list)
+	m.HandleFunc("GET /api/v1/jobs/{id}", h.job)
+	m.HandleFunc("GET /api/v1/jobs/{id}/log", h.logText)
+	if cfg.Events != nil {
+		m.Handle("GET /api/v1/jobs/{id}/events", cfg.Events)
+	}
+	m.HandleFunc("GET /healthz", h.health)
+	// Known paths with a wrong method, and unknown API paths, answer in
+	// JSON like every other API error.
+	for _, p := range []string{"/api/v1/jobs", "/api/v1/jobs/{id}", "/api/v1/jobs/{id}/log", "/api/v1/jobs/{id}/events", "/healthz"} {
+		m.HandleFunc(p, func(w http.ResponseWriter, r *http.Request) {
+			writeError(w, http.StatusMethodNotAllowed, jobs.EINVALID, "method "+r.Method+" is not allowed on "+r.URL.Path)
+		})
+	}
+	m.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, jobs.ENOTFOUND, "no such API endpoint: "+r.URL.Path)
+	})
+	if cfg.UI != nil {
+		m.Handle("/", cfg.UI)
+	}
+	return h
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.mux.ServeHTTP(w, r)
+}
+
+// jobView is a job as the API shows it: with the URLs to follow it.
+type jobView struct {
+	*jobs.Job
+	EventsURL string `json:"events_url"`
+	WebURL    string `json:"web_url"`
+}
+
+func (h *Handler) view(r *http.Request, j *jobs.Job) jobView {
+	if j.Args == nil {
+		j.Args = []string{}
+	}
+	scheme, wsScheme := "http", "ws"
+	if r.TLS != nil || r.Header.Get("X-Forwarded-Proto") == "https" {
+		scheme, wsScheme = "https", "wss"
+	}
+	return jobView{
+		Job:       j,
+		EventsURL: wsScheme + "://" + r.Host + "/api/v1/jobs/" + j.ID + "/events",
+		WebURL:    scheme + "://" + r.Host + "/jobs/" + j.ID,
+	}
+}
+
+// zipTypes are the content types an upload may declare.
+var zipTypes = map[string]bool{
+	"":                             true,
+	"application/zip":              true,
+	"application/x-zip-compressed": true,
+	"application/octet-stream":     true,
+}
+
+func (h *Handler) submit(w http.ResponseWriter, r *http.Request) {
+	ct := r.Header.Get("Content-Type")
+	if ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || !zipTypes[mt] {
+			writeError(w, http.StatusUnsupportedMediaType, jobs.EINVALID, "upload must be a zip archive (Content-Type: application/zip), got "+strconv.Quote(ct))
+			return
+		}
+	}
+	if r.ContentLength > h.cfg.MaxUpload {
+		writeError(w, http.StatusRequestEntityTooLarge, jobs.EINVALID, tooLarge(h.cfg.MaxUpload))
+		return
+	}
+	body := http.MaxBytesReader(w, r.Body, h.cfg.MaxUpload)
+	job, err := h.svc.Submit(r.Context(), body, jobs.SubmitOptions{Args: r.URL.Query()["args"]})
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeError(w, http.StatusRequestEntityTooLarge, jobs.EINVALID, tooLarge(h.cfg.MaxUpload))
+			return
+		}
+		h.error(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/api/v1/jobs/"+job.ID)
+	writeJSON(w, http.StatusCreated, h.view(r, job))
+}
+
+func tooLarge(limit int64) string {
+	return "upload is larger than the server's limit of " + strconv.FormatInt(limit>>20, 10) + " MiB"
+}
+
+func (h *Handler) job(w http.ResponseWriter, r *http.Request) {
+	job, err := h.svc.Job(r.Context(), r.PathValue("id"))
+	if err != nil {
+		h.error(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, h.view(r, job))
+}
+
+func (h *Handler) list(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	limit := defaultListLimit
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > maxListLimit {
+			writeError(w, http.StatusBadRequest, jobs.EINVALID, "limit must be an integer from 1 to "+strconv.Itoa(maxListLimit)+", got "+strconv.Quote(s))
+			return
+		}
+		limit = n
+	}
+	list, err := h.svc.Jobs(r.Context(), jobs.ListOptions{Limit: limit, Before: q.Get("before")})
+	if err != nil {
+		h.error(w, r, err)
+		return
+	}
+	resp := struct {
+		Jobs []jobView `json:"jobs"`
+		Next string    `json:"next"`
+	}{Jobs: make([]jobView, 0, len(list))}
+	for _, j := range list {
+		resp.Jobs = append(resp.Jobs, h.view(r, j))
+	}
+	if len(list) == limit {
+		resp.Next = list[len(list)-1].ID
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// logText writes all output of a job so far as plain text, stdout and
+// stderr interleaved as they were recorded.
+func (h *Handler) logText(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if _, err := h.svc.Job(r.Context(), id); err != nil {
+		h.error(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	var after int64
+	for {
+		evs, err := h.svc.Events(r.Context(), id, after, 1000)
+		if err != nil {
+			// Headers may be out already; all we can do is stop.
+			h.log.Error("log text", "job", id, "err", err)
+			return
+		}
+		for _, ev := range evs {
+			after = ev.Seq
+			if ev.Type == jobs.EventLog {
+				if _, err := io.WriteString(w, ev.Text); err != nil {
+					return
+				}
+			}
+		}
+		if len(evs) < 1000 {
+			return
+		}
+	}
+}
+
+func (h *Handler) health(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "time": time.Now().UTC().Format(time.RFC3339)})
+}
+
+// statusOf maps domain error codes to HTTP statuses.
+var statusOf = map[string]int{
+	jobs.ECONFLICT:    http.StatusConflict,
+	jobs.EINVALID:     http.StatusBadRequest,
+	jobs.ENOTFOUND:    http.StatusNotFound,
+	jobs.EUNAVAILABLE: http.StatusServiceUnavailable,
+	jobs.EINTERNAL:    http.StatusInternalServerError,
+}
+
+// error writes err as a JSON error and logs it when it is ours, not the
+// client's.
+func (h *Handler) error(w http.ResponseWriter, r *http.Request, err error) {
+	code := jobs.ErrorCode(err)
+	status, ok := statusOf[code]
+	if !ok {
+		status = http.StatusInternalServerError
+	}
+	if status >= 500 {
+		h.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	writeError(w, status, code, jobs.ErrorMessage(err))
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg, "code": code})
+}

@@ -1,0 +1,169 @@
+// Package ws serves a job's events over WebSocket: everything after a given
+// seq from the store, then live events as they are committed, then a normal
+// close after the terminal event.
+package ws
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"ci/jobs"
+
+	"github.com/coder/websocket"
+)
+
+// Source is what the handler needs from the jobs service.
+type Source interface {
+	Job(ctx context.Context, id string) (*jobs.Job, error)
+	Follow(ctx context.Context, id string, after int64, fn func(jobs.Event) error) error
+}
+
+// Defaults of a Handler.
+const (
+	DefaultPingInterval = 30 * time.Second
+	DefaultWriteTimeout = 10 * time.Second
+)
+
+// Handler serves GET /api/v1/jobs/{id}/events?after=N. It expects the job
+// ID in the request's "id" path value.
+type Handler struct {
+	src Source
+	log *slog.Logger
+
+	// PingInterval is how often an idle connection is pinged.
+	PingInterval time.Duration
+	// WriteTimeout bounds every single write, so a dead peer can't hold a
+	// stream forever.
+	WriteTimeout time.Duration
+
+	ctx    context.Context // canceled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// NewHandler returns a handler serving events from src.
+func NewHandler(src Source, log *slog.Logger) *Handler {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Handler{
+		src:          src,
+		log:          log,
+		PingInterval: DefaultPingInterval,
+		WriteTimeout: DefaultWriteTimeout,
+		ctx:          ctx,
+		cancel:       cancel,
+	}
+}
+
+// Close ends every open stream with status 1001 (going away), so clients
+// resume later or elsewhere, and waits for them to finish.
+func (h *Handler) Close() {
+	h.cancel()
+	h.wg.Wait()
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	after := int64(0)
+	if s := r.URL.Query().Get("after"); s != "" {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n < 0 {
+			writeError(w, http.StatusBadRequest, jobs.EINVALID, "after must be a non-negative integer, got "+strconv.Quote(s))
+			return
+		}
+		after = n
+	}
+	// Refuse unknown jobs before the upgrade, with a plain HTTP status.
+	if _, err := h.src.Job(r.Context(), id); err != nil {
+		if jobs.ErrorCode(err) == jobs.ENOTFOUND {
+			writeError(w, http.StatusNotFound, jobs.ENOTFOUND, jobs.ErrorMessage(err))
+			return
+		}
+		h.log.Error("load job", "job", id, "err", err)
+		writeError(w, http.StatusInternalServerError, jobs.EINTERNAL, "internal error")
+		return
+	}
+	if h.ctx.Err() != nil {
+		writeError(w, http.StatusServiceUnavailable, jobs.EUNAVAILABLE, "server is shutting down")
+		return
+	}
+
+	c, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		return // Accept has written the HTTP error
+	}
+	h.wg.Add(1)
+	defer h.wg.Done()
+	defer c.CloseNow()
+
+	// We only write; CloseRead handles the client's control frames and
+	// cancels ctx when the client goes away.
+	ctx := c.CloseRead(r.Context())
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(h.ctx, cancel) // server shutdown ends the stream too
+	defer stop()
+
+	go h.ping(ctx, c)
+
+	log := h.log.With("job", id)
+	err = h.src.Follow(ctx, id, after, func(ev jobs.Event) error {
+		b, err := json.Marshal(ev)
+		if err != nil {
+			return err
+		}
+		// Not derived from ctx: the library closes the connection when a
+		// write's context ends, even just after the write, which would
+		// turn a clean 1001 on shutdown into a dropped connection.
+		wctx, wcancel := context.WithTimeout(context.Background(), h.WriteTimeout)
+		defer wcancel()
+		return c.Write(wctx, websocket.MessageText, b)
+	})
+	switch {
+	case err == nil:
+		c.Close(websocket.StatusNormalClosure, "job ended")
+	case h.ctx.Err() != nil:
+		c.Close(websocket.StatusGoingAway, "server shutting down")
+	case errors.Is(err, context.Canceled) || websocket.CloseStatus(err) != -1:
+		// The client went away: a normal ending.
+	case errors.Is(err, context.DeadlineExceeded):
+		log.Info("events stream: write timed out; dropping the client")
+	default:
+		log.Error("events stream", "err", err)
+		c.Close(websocket.StatusInternalError, "internal error")
+	}
+}
+
+func (h *Handler) ping(ctx context.Context, c *websocket.Conn) {
+	t := time.NewTicker(h.PingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			pctx, cancel := context.WithTimeout(context.Background(), h.WriteTimeout)
+			err := c.Ping(pctx)
+			cancel()
+			if err != nil {
+				c.CloseNow()
+				return
+			}
+		}
+	}
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]string{"error": msg, "code": code})
+}

@@ -1,0 +1,180 @@
+package ws_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"ci/jobs"
+	"ci/ws"
+
+	"github.com/coder/websocket"
+)
+
+// stubSource serves a fixed log; events past the first `live` are held
+// until released, to simulate a job still running.
+type stubSource struct {
+	events  []jobs.Event
+	release chan struct{} // nil: everything is available at once
+	afters  chan int64
+}
+
+func (s *stubSource) Job(ctx context.Context, id string) (*jobs.Job, error) {
+	if id != "j1" {
+		return nil, jobs.Errorf(jobs.ENOTFOUND, "job %q not found", id)
+	}
+	return &jobs.Job{ID: id}, nil
+}
+
+func (s *stubSource) Follow(ctx context.Context, id string, after int64, fn func(jobs.Event) error) error {
+	if s.afters != nil {
+		s.afters <- after
+	}
+	for _, ev := range s.events {
+		if ev.Seq <= after {
+			continue
+		}
+		if ev.Terminal() && s.release != nil {
+			select {
+			case <-s.release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if err := fn(ev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func testEvents() []jobs.Event {
+	code := 0
+	return []jobs.Event{
+		{Seq: 1, Type: jobs.EventStatus, Status: jobs.StatusQueued},
+		{Seq: 2, Type: jobs.EventStatus, Status: jobs.StatusRunning},
+		{Seq: 3, Type: jobs.EventLog, Stream: jobs.StreamStdout, Text: "."},
+		{Seq: 4, Type: jobs.EventLog, Stream: jobs.StreamStderr, Text: "warn\n"},
+		{Seq: 5, Type: jobs.EventStatus, Status: jobs.StatusPassed, ExitCode: &code},
+	}
+}
+
+func serve(t *testing.T, src ws.Source) (*httptest.Server, *ws.Handler) {
+	t.Helper()
+	h := ws.NewHandler(src, nil)
+	mux := http.NewServeMux()
+	mux.Handle("GET /api/v1/jobs/{id}/events", h)
+	srv := httptest.NewServer(mux)
+	t.Cleanup(func() { h.Close(); srv.Close() })
+	return srv, h
+}
+
+func dial(t *testing.T, srv *httptest.Server, path string) (*websocket.Conn, *http.Response, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http")+path, nil)
+}
+
+// readAll reads messages until the connection closes and returns them with
+// the close status.
+func readAll(t *testing.T, c *websocket.Conn) ([]map[string]any, websocket.StatusCode) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var msgs []map[string]any
+	for {
+		typ, b, err := c.Read(ctx)
+		if err != nil {
+			t.Logf("read end: %v", err)
+			return msgs, websocket.CloseStatus(err)
+		}
+		if typ != websocket.MessageText {
+			t.Fatalf("message type %v, want text", typ)
+		}
+		var m map[string]any
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatalf("message %q is not JSON: %v", b, err)
+		}
+		msgs = append(msgs, m)
+	}
+}
+
+func TestEventsReplayThenNormalClose(t *testing.T) {
+	srv, _ := serve(t, &stubSource{events: testEvents()})
+	c, _, err := dial(t, srv, "/api/v1/jobs/j1/events?after=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, status := readAll(t, c)
+	if status != websocket.StatusNormalClosure {
+		t.Fatalf("close status %v, want 1000", status)
+	}
+	if len(msgs) != 3 {
+		t.Fatalf("%d messages, want 3 (seq 3..5): %v", len(msgs), msgs)
+	}
+	if msgs[0]["seq"] != 3.0 || msgs[0]["type"] != "log" || msgs[0]["stream"] != "stdout" || msgs[0]["text"] != "." || msgs[0]["time"] == nil {
+		t.Fatalf("first message %v, want log seq 3 on stdout with time", msgs[0])
+	}
+	if msgs[2]["type"] != "status" || msgs[2]["status"] != "passed" || msgs[2]["exit_code"] != 0.0 {
+		t.Fatalf("last message %v, want status passed with exit_code 0", msgs[2])
+	}
+}
+
+func TestEventsUnknownJobIs404BeforeUpgrade(t *testing.T) {
+	srv, _ := serve(t, &stubSource{events: testEvents()})
+	_, resp, err := dial(t, srv, "/api/v1/jobs/nope/events")
+	if err == nil || resp == nil || resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("dial err=%v resp=%v, want HTTP 404", err, resp)
+	}
+	var body map[string]string
+	json.NewDecoder(resp.Body).Decode(&body)
+	if body["code"] != jobs.ENOTFOUND || !strings.Contains(body["error"], "nope") {
+		t.Fatalf("error body %v, want not_found naming the job", body)
+	}
+}
+
+func TestEventsBadAfterIs400(t *testing.T) {
+	srv, _ := serve(t, &stubSource{events: testEvents()})
+	for _, after := range []string{"x", "-1", "1.5"} {
+		resp, err := http.Get(srv.URL + "/api/v1/jobs/j1/events?after=" + after)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Fatalf("after=%s: status %d, want 400", after, resp.StatusCode)
+		}
+	}
+}
+
+func TestEventsCloseGoingAwayOnShutdown(t *testing.T) {
+	src := &stubSource{events: testEvents(), release: make(chan struct{}), afters: make(chan int64, 1)}
+	srv, h := serve(t, src)
+	c, _, err := dial(t, srv, "/api/v1/jobs/j1/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := <-src.afters; a != 0 {
+		t.Fatalf("after=%d, want 0 by default", a)
+	}
+	// Read the four events before the (held) terminal one, then shut down.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for i := range 4 {
+		if _, _, err := c.Read(ctx); err != nil {
+			t.Fatalf("read %d: %v", i, err)
+		}
+	}
+	closed := make(chan struct{})
+	go func() { h.Close(); close(closed) }()
+	_, status := readAll(t, c)
+	<-closed
+	if status != websocket.StatusGoingAway {
+		t.Fatalf("close status %v, want 1001", status)
+	}
+}
