@@ -1,0 +1,316 @@
+package api_test
+
+import (
+	"archive/zip"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"ci/api"
+	"ci/executor"
+	"ci/jobs"
+	"ci/persistence"
+	"ci/webui"
+	"ci/ws"
+
+	"github.com/coder/websocket"
+)
+
+type env struct {
+	srv     *httptest.Server
+	svc     *jobs.Service
+	archDir string
+}
+
+// newEnv runs the real service, store and handlers with the fake executor.
+func newEnv(t *testing.T, maxUpload int64) *env {
+	t.Helper()
+	dir := t.TempDir()
+	store, err := persistence.Open(context.Background(), filepath.Join(dir, "ci.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	archDir := filepath.Join(dir, "archives")
+	arch, err := persistence.NewArchives(archDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := jobs.NewService(store, arch, &executor.Fake{}, jobs.Config{Concurrency: 2})
+	if err := svc.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	events := ws.NewHandler(svc, nil)
+	h := api.NewHandler(svc, api.Config{Events: events, UI: webui.Handler(), MaxUpload: maxUpload})
+	srv := httptest.NewServer(h)
+	t.Cleanup(func() {
+		srv.Close()
+		events.Close()
+		svc.Close()
+		store.Close()
+	})
+	return &env{srv: srv, svc: svc, archDir: archDir}
+}
+
+// project returns a zip whose fake script prints n numbered lines and
+// exits with code.
+func project(t *testing.T, n, code int) []byte {
+	t.Helper()
+	var script strings.Builder
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&script, "stdout %q\n", fmt.Sprintf("line %d\n", i))
+	}
+	fmt.Fprintf(&script, "stderr %q\nexit %d\n", "done\n", code)
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	w, _ := zw.Create("ci-fake-script")
+	io.WriteString(w, script.String())
+	w, _ = zw.Create("test_a.py")
+	io.WriteString(w, "def test_a(): pass\n")
+	zw.Close()
+	return buf.Bytes()
+}
+
+type jobJSON struct {
+	ID        string   `json:"id"`
+	Status    string   `json:"status"`
+	Args      []string `json:"args"`
+	ExitCode  *int     `json:"exit_code"`
+	Reason    string   `json:"reason"`
+	LastSeq   int64    `json:"last_seq"`
+	EventsURL string   `json:"events_url"`
+	WebURL    string   `json:"web_url"`
+}
+
+func (e *env) submit(t *testing.T, body []byte, query string) jobJSON {
+	t.Helper()
+	resp, err := http.Post(e.srv.URL+"/api/v1/jobs"+query, "application/zip", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("submit: status %d (%s), want 201", resp.StatusCode, b)
+	}
+	var j jobJSON
+	if err := json.NewDecoder(resp.Body).Decode(&j); err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+// wait follows the job to its end through the service.
+func (e *env) wait(t *testing.T, id string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.svc.Follow(ctx, id, 0, func(jobs.Event) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func getJSON(t *testing.T, url string, wantStatus int, v any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != wantStatus {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("GET %s: status %d (%s), want %d", url, resp.StatusCode, b, wantStatus)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		t.Fatalf("GET %s: Content-Type %q, want application/json", url, ct)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSubmitAndGet(t *testing.T) {
+	e := newEnv(t, 0)
+	j := e.submit(t, project(t, 3, 1), "?args=-k&args=test_a")
+	if j.ID == "" || j.Status != "queued" {
+		t.Fatalf("submit returned %+v, want an id and status queued", j)
+	}
+	host := strings.TrimPrefix(e.srv.URL, "http://")
+	if j.EventsURL != "ws://"+host+"/api/v1/jobs/"+j.ID+"/events" || j.WebURL != "http://"+host+"/jobs/"+j.ID {
+		t.Fatalf("urls %q %q, want ws://%s/api/v1/jobs/%s/events and http://%s/jobs/%s", j.EventsURL, j.WebURL, host, j.ID, host, j.ID)
+	}
+	e.wait(t, j.ID)
+	var got jobJSON
+	getJSON(t, e.srv.URL+"/api/v1/jobs/"+j.ID, http.StatusOK, &got)
+	if got.Status != "failed" || got.ExitCode == nil || *got.ExitCode != 1 || got.Reason == "" {
+		t.Fatalf("job %+v, want failed with exit code 1 and a reason", got)
+	}
+	if strings.Join(got.Args, " ") != "-k test_a" {
+		t.Fatalf("args %q, want [-k test_a]", got.Args)
+	}
+
+	resp, err := http.Get(e.srv.URL + "/api/v1/jobs/" + j.ID + "/log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := "line 1\nline 2\nline 3\ndone\n"; string(b) != want {
+		t.Fatalf("log %q, want %q", b, want)
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
+		t.Fatalf("log Content-Type %q, want text/plain", ct)
+	}
+}
+
+func TestListNewestFirstPaginated(t *testing.T) {
+	e := newEnv(t, 0)
+	var ids []string
+	for range 5 {
+		ids = append(ids, e.submit(t, project(t, 1, 0), "").ID)
+	}
+	type page struct {
+		Jobs []jobJSON `json:"jobs"`
+		Next string    `json:"next"`
+	}
+	var got []string
+	url := e.srv.URL + "/api/v1/jobs?limit=2"
+	for range 10 {
+		var p page
+		getJSON(t, url, http.StatusOK, &p)
+		for _, j := range p.Jobs {
+			got = append(got, j.ID)
+		}
+		if p.Next == "" {
+			break
+		}
+		url = e.srv.URL + "/api/v1/jobs?limit=2&before=" + p.Next
+	}
+	var want []string
+	for i := len(ids) - 1; i >= 0; i-- {
+		want = append(want, ids[i])
+	}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("listed %v, want %v", got, want)
+	}
+}
+
+func TestErrorsAreJSON(t *testing.T) {
+	e := newEnv(t, 1024)
+	type apiErr struct {
+		Error string `json:"error"`
+		Code  string `json:"code"`
+	}
+	check := func(name string, resp *http.Response, status int, code, msg string) {
+		t.Helper()
+		defer resp.Body.Close()
+		var body apiErr
+		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+			t.Fatalf("%s: body is not JSON: %v", name, err)
+		}
+		if resp.StatusCode != status || body.Code != code || !strings.Contains(body.Error, msg) {
+			t.Fatalf("%s: %d %+v, want %d %s containing %q", name, resp.StatusCode, body, status, code, msg)
+		}
+	}
+	post := func(ct string, body []byte) *http.Response {
+		resp, err := http.Post(e.srv.URL+"/api/v1/jobs", ct, bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	get := func(path string) *http.Response {
+		resp, err := http.Get(e.srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	check("not a zip", post("application/zip", []byte("plain text")), 400, "invalid", "not a valid zip")
+	check("empty", post("application/zip", nil), 400, "invalid", "not a valid zip")
+	check("content type", post("text/plain", project(t, 1, 0)), 415, "invalid", "zip")
+	check("too large", post("application/zip", bytes.Repeat([]byte("x"), 4096)), 413, "invalid", "limit")
+	check("unknown job", get("/api/v1/jobs/nope"), 404, "not_found", "nope")
+	check("unknown job log", get("/api/v1/jobs/nope/log"), 404, "not_found", "nope")
+	check("bad limit", get("/api/v1/jobs?limit=0"), 400, "invalid", "limit")
+	check("unknown endpoint", get("/api/v1/nothing"), 404, "not_found", "/api/v1/nothing")
+	req, _ := http.NewRequest(http.MethodDelete, e.srv.URL+"/api/v1/jobs", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("wrong method", resp, 405, "invalid", "DELETE")
+
+	// Nothing of a refused upload stays on disk.
+	entries, err := os.ReadDir(e.archDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 0 {
+		t.Fatalf("archive dir holds %d entries after refused uploads, want 0", len(entries))
+	}
+}
+
+// TestEventsAfterN checks, through the whole stack, that after=N replays
+// exactly N+1..last and then closes with 1000.
+func TestEventsAfterN(t *testing.T) {
+	e := newEnv(t, 0)
+	j := e.submit(t, project(t, 20, 0), "")
+	e.wait(t, j.ID)
+	var final jobJSON
+	getJSON(t, e.srv.URL+"/api/v1/jobs/"+j.ID, http.StatusOK, &final)
+	for _, after := range []int64{0, 1, final.LastSeq / 2, final.LastSeq - 1} {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, _, err := websocket.Dial(ctx, j.EventsURL+fmt.Sprintf("?after=%d", after), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := after + 1
+		for {
+			_, b, err := c.Read(ctx)
+			if err != nil {
+				if websocket.CloseStatus(err) != websocket.StatusNormalClosure {
+					t.Fatalf("after=%d: read: %v, want close 1000", after, err)
+				}
+				break
+			}
+			var ev struct{ Seq int64 }
+			json.Unmarshal(b, &ev)
+			if ev.Seq != want {
+				t.Fatalf("after=%d: seq %d, want %d", after, ev.Seq, want)
+			}
+			want++
+		}
+		cancel()
+		if want-1 != final.LastSeq {
+			t.Fatalf("after=%d: ended at %d, want %d", after, want-1, final.LastSeq)
+		}
+	}
+}
+
+func TestHealthAndPages(t *testing.T) {
+	e := newEnv(t, 0)
+	var h map[string]string
+	getJSON(t, e.srv.URL+"/healthz", http.StatusOK, &h)
+	if h["status"] != "ok" {
+		t.Fatalf("healthz %v, want status ok", h)
+	}
+	for _, p := range []string{"/", "/jobs/x"} {
+		resp, err := http.Get(e.srv.URL + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") {
+			t.Fatalf("GET %s: %d %s, want 200 text/html", p, resp.StatusCode, resp.Header.Get("Content-Type"))
+		}
+	}
+}

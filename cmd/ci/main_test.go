@@ -1,0 +1,426 @@
+package main
+
+import (
+	"archive/zip"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/coder/websocket/wsjson"
+
+	"ci/client"
+)
+
+// fakeServer is a ci-server with one job, J1.
+type fakeServer struct {
+	t      *testing.T
+	srv    *httptest.Server
+	job    client.Job
+	events []client.Event
+	// submitError, when set, is the JSON error body of a 503 answer to
+	// uploads.
+	submitError string
+	// hang makes the event stream stay open after the events are sent;
+	// hanging is closed then.
+	hang    bool
+	hanging chan struct{}
+
+	mu         sync.Mutex
+	gotFiles   []string
+	gotArgs    []string
+	gotAfters  []int64
+	hangClosed bool
+}
+
+func newFakeServer(t *testing.T) *fakeServer {
+	f := &fakeServer{t: t, hanging: make(chan struct{})}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /api/v1/jobs", f.submit)
+	mux.HandleFunc("GET /api/v1/jobs", func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(client.JobList{Jobs: []client.Job{f.job}, Next: "J0"})
+	})
+	mux.HandleFunc("GET /api/v1/jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
+		if !f.known(w, r) {
+			return
+		}
+		json.NewEncoder(w).Encode(f.job)
+	})
+	mux.HandleFunc("GET /api/v1/jobs/{id}/events", f.eventsHandler)
+	f.srv = httptest.NewServer(mux)
+	t.Cleanup(f.srv.Close)
+	f.job = client.Job{
+		ID: "J1", Status: "queued", Args: []string{}, CreatedAt: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC),
+		EventsURL: "ws" + strings.TrimPrefix(f.srv.URL, "http") + "/api/v1/jobs/J1/events",
+		WebURL:    f.srv.URL + "/jobs/J1",
+	}
+	return f
+}
+
+func (f *fakeServer) known(w http.ResponseWriter, r *http.Request) bool {
+	if r.PathValue("id") == "J1" {
+		return true
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusNotFound)
+	io.WriteString(w, `{"error":"job not found","code":"not_found"}`)
+	return false
+}
+
+func (f *fakeServer) submit(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		f.t.Errorf("read upload: %v", err)
+		return
+	}
+	if f.submitError != "" {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		io.WriteString(w, f.submitError)
+		return
+	}
+	zr, err := zip.NewReader(bytes.NewReader(body), int64(len(body)))
+	if err != nil {
+		f.t.Errorf("upload is not a zip: %v", err)
+		return
+	}
+	f.mu.Lock()
+	for _, zf := range zr.File {
+		f.gotFiles = append(f.gotFiles, zf.Name)
+	}
+	f.gotArgs = r.URL.Query()["args"]
+	f.mu.Unlock()
+	w.WriteHeader(http.StatusCreated)
+	json.NewEncoder(w).Encode(f.job)
+}
+
+func (f *fakeServer) eventsHandler(w http.ResponseWriter, r *http.Request) {
+	if !f.known(w, r) {
+		return
+	}
+	after, _ := strconv.ParseInt(r.URL.Query().Get("after"), 10, 64)
+	f.mu.Lock()
+	f.gotAfters = append(f.gotAfters, after)
+	f.mu.Unlock()
+	c, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		return
+	}
+	defer c.CloseNow()
+	for _, ev := range f.events {
+		if ev.Seq > after {
+			if err := wsjson.Write(r.Context(), c, ev); err != nil {
+				return
+			}
+		}
+	}
+	if f.hang {
+		f.mu.Lock()
+		if !f.hangClosed {
+			f.hangClosed = true
+			close(f.hanging)
+		}
+		f.mu.Unlock()
+		c.Read(r.Context()) // until the client leaves
+		return
+	}
+	c.Close(websocket.StatusNormalClosure, "")
+}
+
+// setEnd sets a job's events: queued, running, the given output, and a
+// terminal status, numbered from 1.
+func (f *fakeServer) setEvents(output []client.Event, status string, exitCode *int, reason string) {
+	evs := []client.Event{{Type: "status", Status: "queued"}, {Type: "status", Status: "running"}}
+	evs = append(evs, output...)
+	if status != "" {
+		evs = append(evs, client.Event{Type: "status", Status: status, ExitCode: exitCode, Reason: reason})
+	}
+	for i := range evs {
+		evs[i].Seq = int64(i + 1)
+	}
+	f.events = evs
+}
+
+var testOutput = []client.Event{
+	{Type: "log", Stream: "stdout", Text: "test_a.py .."},
+	{Type: "log", Stream: "stderr", Text: "warn"},
+	{Type: "log", Stream: "stdout", Text: "F"},
+	{Type: "log", Stream: "stderr", Text: "ing\n"},
+	{Type: "log", Stream: "stdout", Text: "   [100%]\n"},
+}
+
+func intp(i int) *int { return &i }
+
+func runCLI(t *testing.T, ctx context.Context, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code = run(ctx, args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func projectDir(t *testing.T) string {
+	dir := t.TempDir()
+	for name, content := range map[string]string{
+		"test_a.py":             "def test_a(): pass\n",
+		"pkg/__init__.py":       "",
+		".gitignore":            "*.log\n",
+		"debug.log":             "x",
+		".git/HEAD":             "ref",
+		"pkg/__pycache__/x.pyc": "",
+	} {
+		p := filepath.Join(dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func TestSubmitAsync(t *testing.T) {
+	f := newFakeServer(t)
+	code, stdout, stderr := runCLI(t, testContext(t), "submit", "test", "--async", "--dir", projectDir(t),
+		"--server", f.srv.URL, "--", "-k", "test_a", "--tb=short")
+	if code != 0 || stdout != "Job submitted: J1\n" || stderr != "" {
+		t.Fatalf("exit %d, stdout %q, stderr %q; want 0, %q, nothing", code, stdout, "Job submitted: J1\n", stderr)
+	}
+	if want := []string{"pkg/__init__.py", "test_a.py"}; !reflect.DeepEqual(f.gotFiles, want) {
+		t.Fatalf("uploaded %q, want %q", f.gotFiles, want)
+	}
+	if want := []string{"-k", "test_a", "--tb=short"}; !reflect.DeepEqual(f.gotArgs, want) {
+		t.Fatalf("args %q, want %q", f.gotArgs, want)
+	}
+}
+
+func TestSubmitFollows(t *testing.T) {
+	tests := []struct {
+		status     string
+		exitCode   *int
+		reason     string
+		wantCode   int
+		wantFinal  string // a line at the end of stderr, if any
+		wantOutput bool
+	}{
+		{"passed", intp(0), "", 0, "", true},
+		{"failed", intp(1), "", 1, "", true},
+		{"failed", intp(5), "no tests ran", 5, "ci: job J1 failed: no tests ran\n", true},
+		{"error", nil, "image python:3.12-slim not found", 125, "ci: job J1 error: image python:3.12-slim not found\n", false},
+		{"timed_out", nil, "ran past 10m0s", 124, "ci: job J1 timed out: ran past 10m0s\n", true},
+		{"canceled", nil, "canceled by a user", 130, "ci: job J1 canceled: canceled by a user\n", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.status+strconv.Itoa(tt.wantCode), func(t *testing.T) {
+			f := newFakeServer(t)
+			var output []client.Event
+			if tt.wantOutput {
+				output = testOutput
+			}
+			f.setEvents(output, tt.status, tt.exitCode, tt.reason)
+			code, stdout, stderr := runCLI(t, testContext(t), "submit", "test", "--dir", projectDir(t), "--server", f.srv.URL)
+			if code != tt.wantCode {
+				t.Fatalf("exit %d, want %d; stderr %q", code, tt.wantCode, stderr)
+			}
+			wantOut, wantErr := "", "Job J1 submitted: "+f.srv.URL+"/jobs/J1\n"
+			if tt.wantOutput {
+				wantOut, wantErr = "test_a.py ..F   [100%]\n", wantErr+"warning\n"
+			}
+			wantErr += tt.wantFinal
+			if stdout != wantOut || stderr != wantErr {
+				t.Fatalf("stdout %q, stderr %q; want %q, %q", stdout, stderr, wantOut, wantErr)
+			}
+			if !reflect.DeepEqual(f.gotAfters, []int64{0}) {
+				t.Fatalf("followed with after=%v, want [0]", f.gotAfters)
+			}
+		})
+	}
+}
+
+func TestSubmitRejected(t *testing.T) {
+	f := newFakeServer(t)
+	f.submitError = `{"error":"queue full, try again later","code":"unavailable"}`
+	code, stdout, stderr := runCLI(t, testContext(t), "submit", "test", "--dir", projectDir(t), "--server", f.srv.URL)
+	if code != 125 || stdout != "" || stderr != "ci: submit: queue full, try again later\n" {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+}
+
+func TestUnreachable(t *testing.T) {
+	f := newFakeServer(t)
+	f.srv.Close()
+	for _, args := range [][]string{
+		{"submit", "test", "--dir", projectDir(t)},
+		{"submit", "test", "--async", "--dir", projectDir(t)},
+		{"wait", "J1"},
+		{"status", "J1"},
+		{"list"},
+	} {
+		code, _, stderr := runCLI(t, testContext(t), append(args, "--server", f.srv.URL)...)
+		want := "ci: cannot reach ci-server at " + f.srv.URL + ": "
+		if code != 125 || !strings.HasPrefix(stderr, want) || !strings.HasSuffix(stderr, "; is it running? (make run)\n") {
+			t.Errorf("%q: exit %d, stderr %q; want 125, %q…", args, code, stderr, want)
+		}
+	}
+}
+
+func TestWait(t *testing.T) {
+	f := newFakeServer(t)
+	f.setEvents(testOutput, "failed", intp(1), "")
+	code, stdout, stderr := runCLI(t, testContext(t), "wait", "J1", "--after", "4", "--server", f.srv.URL)
+	// Events 1-4 are queued, running, "test_a.py .." and "warn".
+	if code != 1 || stdout != "F   [100%]\n" || stderr != "ing\n" {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	if !reflect.DeepEqual(f.gotAfters, []int64{4}) {
+		t.Fatalf("after=%v, want [4]", f.gotAfters)
+	}
+
+	code, _, stderr = runCLI(t, testContext(t), "wait", "nope", "--server", f.srv.URL)
+	if code != 1 || stderr != "ci: job nope: job not found\n" {
+		t.Fatalf("unknown job: exit %d, stderr %q", code, stderr)
+	}
+}
+
+func TestInterruptDetaches(t *testing.T) {
+	f := newFakeServer(t)
+	f.setEvents(testOutput, "", nil, "")
+	f.hang = true
+	ctx, cancel := context.WithCancel(testContext(t))
+	defer cancel()
+	type result struct {
+		code           int
+		stdout, stderr string
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, stdout, stderr := runCLI(t, ctx, "wait", "J1", "--server", f.srv.URL)
+		done <- result{code, stdout, stderr}
+	}()
+	select {
+	case <-f.hanging:
+	case <-ctx.Done():
+		t.Fatal("the server never sent the events")
+	}
+	cancel()
+	r := <-done
+	if r.code != 130 || !strings.Contains(r.stderr, "ci: detached from job J1") {
+		t.Fatalf("exit %d, stderr %q; want 130 and a detach notice", r.code, r.stderr)
+	}
+}
+
+func TestStatus(t *testing.T) {
+	f := newFakeServer(t)
+	start, end := f.job.CreatedAt.Add(time.Second), f.job.CreatedAt.Add(3500*time.Millisecond)
+	f.job.Status, f.job.ExitCode, f.job.Reason = "failed", intp(1), "1 test failed"
+	f.job.StartedAt, f.job.FinishedAt, f.job.Args = &start, &end, []string{"-k", "x"}
+
+	code, stdout, stderr := runCLI(t, testContext(t), "status", "J1", "--server", f.srv.URL)
+	if code != 0 || stderr != "" {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+	for _, want := range []string{"job:      J1\n", "status:   failed (exit code 1)\n", "reason:   1 test failed\n",
+		"args:     -k x\n", "duration: 2.5s\n", "web:      " + f.srv.URL + "/jobs/J1\n"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("status output lacks %q:\n%s", want, stdout)
+		}
+	}
+
+	code, stdout, _ = runCLI(t, testContext(t), "status", "--json", "J1", "--server", f.srv.URL)
+	var j client.Job
+	if err := json.Unmarshal([]byte(stdout), &j); code != 0 || err != nil || j.ID != "J1" || *j.ExitCode != 1 {
+		t.Fatalf("--json: exit %d, err %v, output %s", code, err, stdout)
+	}
+
+	code, stdout, stderr = runCLI(t, testContext(t), "status", "nope", "--server", f.srv.URL)
+	if code != 1 || stdout != "" || stderr != "ci: job nope: job not found\n" {
+		t.Fatalf("not found: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+}
+
+func TestServerFromEnv(t *testing.T) {
+	f := newFakeServer(t)
+	t.Setenv("CI_SERVER", f.srv.URL)
+	if code, _, stderr := runCLI(t, testContext(t), "status", "J1"); code != 0 {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+	// --server wins, before or after the command.
+	t.Setenv("CI_SERVER", "http://127.0.0.1:1")
+	if code, _, stderr := runCLI(t, testContext(t), "--server", f.srv.URL, "status", "J1"); code != 0 {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+}
+
+func TestList(t *testing.T) {
+	f := newFakeServer(t)
+	start, end := f.job.CreatedAt, f.job.CreatedAt.Add(90*time.Second)
+	f.job.Status, f.job.ExitCode, f.job.StartedAt, f.job.FinishedAt = "timed_out", nil, &start, &end
+	code, stdout, stderr := runCLI(t, testContext(t), "list", "--limit", "1", "--server", f.srv.URL)
+	if code != 0 {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+	lines := strings.Split(strings.TrimSuffix(stdout, "\n"), "\n")
+	if len(lines) != 2 || strings.Fields(lines[0])[0] != "ID" {
+		t.Fatalf("table:\n%s", stdout)
+	}
+	fields := strings.Fields(lines[1])
+	if len(fields) != 7 || fields[0] != "J1" || fields[1] != "timed" || fields[5] != "1m30s" || fields[6] != "-" {
+		t.Fatalf("row %q", lines[1])
+	}
+	if stderr != "More: ci list --limit 1 --before J0\n" {
+		t.Fatalf("stderr %q", stderr)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string // in stderr
+	}{
+		{nil, "missing command"},
+		{[]string{"bogus"}, `unknown command "bogus"`},
+		{[]string{"--bogus"}, "unknown flag: --bogus"},
+		{[]string{"submit"}, "usage: ci submit test"},
+		{[]string{"submit", "tests"}, `cannot submit "tests"`},
+		{[]string{"submit", "test", "-k", "x"}, "pytest arguments go after --"},
+		{[]string{"submit", "test", "extra"}, "ci submit test -- extra"},
+		{[]string{"submit", "test", "--dir", "/nonexistent"}, "--dir /nonexistent: not a directory"},
+		{[]string{"submit", "test", "--server", "localhost:8000"}, "invalid server URL"},
+		{[]string{"wait"}, "missing job id"},
+		{[]string{"wait", "a", "b"}, `unexpected argument "b"`},
+		{[]string{"wait", "a", "--after", "x"}, "usage: ci wait <id> [--after N]"},
+		{[]string{"wait", "a", "--after", "-1"}, "must be 0 or more"},
+		{[]string{"status"}, "usage: ci status <id>"},
+		{[]string{"list", "--limit", "0"}, "usage: ci list"},
+		{[]string{"help", "bogus"}, "unknown command"},
+	}
+	for _, tt := range tests {
+		code, stdout, stderr := runCLI(t, testContext(t), tt.args...)
+		if code != 64 || stdout != "" || !strings.Contains(stderr, tt.want) || !strings.Contains(stderr, "usage: ci") {
+			t.Errorf("ci %q: exit %d, stdout %q, stderr %q; want 64 and %q", tt.args, code, stdout, stderr, tt.want)
+		}
+	}
+}
+
+func TestHelp(t *testing.T) {
+	for _, args := range [][]string{{"help"}, {"--help"}, {"-h"}, {"help", "submit"}, {"submit", "--help"}, {"wait", "-h"}} {
+		code, stdout, stderr := runCLI(t, testContext(t), args...)
+		if code != 0 || stderr != "" || !strings.Contains(stdout, "ci submit test [--async]") && !strings.Contains(stdout, "usage: ci wait") {
+			t.Errorf("ci %q: exit %d, stdout %q, stderr %q", args, code, stdout, stderr)
+		}
+	}
+}
