@@ -260,6 +260,13 @@ func (s *Service) follow(ctx context.Context, sub *Subscription, id string, last
 		*last = ev.Seq
 		return ev.Terminal(), nil
 	}
+	// Read the job before the replay: if it has ended by now, the replay
+	// holds all its events (a terminal status is committed with its event),
+	// and a follower that starts at or past the end is done after it.
+	job, err := s.store.Job(ctx, id)
+	if err != nil {
+		return false, err
+	}
 	for {
 		evs, err := s.store.Events(ctx, id, *last, replayPage)
 		if err != nil {
@@ -273,6 +280,9 @@ func (s *Service) follow(ctx context.Context, sub *Subscription, id string, last
 		if len(evs) < replayPage {
 			break
 		}
+	}
+	if job.Status.Terminal() {
+		return true, nil
 	}
 	for {
 		select {

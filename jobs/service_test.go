@@ -386,3 +386,17 @@ func TestFollowUnknownJob(t *testing.T) {
 		t.Fatalf("err=%v, want ENOTFOUND", err)
 	}
 }
+
+// TestFollowFromTheEnd starts a follower at and past the terminal event of
+// an ended job: it must return at once instead of waiting for more.
+func TestFollowFromTheEnd(t *testing.T) {
+	env := newTestService(t, funcExec(func(context.Context, Spec, Output) (Result, error) { return Result{}, nil }), 1)
+	job := env.submit(t)
+	evs := collect(t, env.svc, job.ID, 0)
+	last := evs[len(evs)-1].Seq
+	for _, after := range []int64{last, last + 5} {
+		if got := collect(t, env.svc, job.ID, after); len(got) != 0 {
+			t.Fatalf("after=%d: got %d events, want none", after, len(got))
+		}
+	}
+}

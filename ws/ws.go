@@ -116,6 +116,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	go h.ping(ctx, c)
 
 	log := h.log.With("job", id)
+	log.Debug("events stream opened", "after", after)
 	err = h.src.Follow(ctx, id, after, func(ev jobs.Event) error {
 		b, err := json.Marshal(ev)
 		if err != nil {

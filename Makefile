@@ -1,0 +1,50 @@
+# ci: a self-hosted CI service for Python projects.
+#   make run    build, get the Python image ready, start ci-server on :8000
+#   make test   lint and run every test (e2e tests need a Docker engine)
+
+GO          ?= go
+IMAGE       ?= ci-python:latest
+ADDR        ?= :8000
+DATA        ?= ./data
+STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
+GOBIN       := $(shell $(GO) env GOPATH)/bin
+
+.PHONY: all build install image run test unit lint fmt clean
+
+all: build
+
+build:
+	$(GO) build -o bin/ ./cmd/ci ./cmd/ci-server
+
+# install puts ci (and ci-server) where `go install` puts programs.
+install:
+	$(GO) install ./cmd/ci ./cmd/ci-server
+	@case ":$$PATH:" in *":$(GOBIN):"*) ;; *) \
+		echo; echo "note: $(GOBIN) is not on your PATH; to use ci from any directory run:"; \
+		echo "  export PATH=\"$(GOBIN):\$$PATH\""; echo;; esac
+
+# image builds the local Python+pytest image the server runs tests in
+# (idempotent; see scripts/build-image).
+image:
+	scripts/build-image $(IMAGE)
+
+run: build install image
+	./bin/ci-server --addr $(ADDR) --data $(DATA) --image $(IMAGE)
+
+test: lint
+	$(GO) test -race -count=1 ./...
+
+# unit runs the tests that need no Docker engine, quickly.
+unit:
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
+
+lint:
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(STATICCHECK) ./...
+
+fmt:
+	gofmt -w .
+
+clean:
+	rm -rf bin

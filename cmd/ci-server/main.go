@@ -1,0 +1,233 @@
+// Command ci-server runs the ci service: it accepts project uploads, runs
+// pytest on them in Docker containers and streams their output.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"syscall"
+	"time"
+
+	"ci/api"
+	"ci/executor"
+	"ci/jobs"
+	"ci/persistence"
+	"ci/webui"
+	"ci/ws"
+
+	"github.com/spf13/pflag"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	m := NewMain()
+	if err := m.ParseFlags(os.Args[1:], os.Stderr); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "ci-server:", err)
+		os.Exit(64)
+	}
+	if err := m.Run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "ci-server:", err)
+		m.Close()
+		os.Exit(1)
+	}
+	<-ctx.Done()
+	stop() // a second signal kills at once
+	m.Log.Info("shutting down")
+	if err := m.Close(); err != nil {
+		fmt.Fprintln(os.Stderr, "ci-server:", err)
+		os.Exit(1)
+	}
+}
+
+// Main is the server program: flags, wiring and lifecycle. Tests run it
+// in-process on ":0" with a temporary data dir.
+type Main struct {
+	Addr        string
+	DataDir     string
+	DB          string
+	Image       string
+	Concurrency int
+	MaxUpload   int64
+	LogLevel    string
+
+	// Log is the server's logger; ParseFlags sets a text logger on stderr
+	// at LogLevel when it is nil.
+	Log *slog.Logger
+
+	// Executor overrides the Docker executor (tests); nil means Docker.
+	Executor jobs.Executor
+
+	listener net.Listener
+	server   *http.Server
+	events   *ws.Handler
+	service  *jobs.Service
+	store    *persistence.Store
+	docker   *executor.Docker
+}
+
+// NewMain returns a Main with the default configuration.
+func NewMain() *Main {
+	return &Main{
+		Addr:        ":8000",
+		DataDir:     "./data",
+		Image:       "python:3.12-slim",
+		Concurrency: runtime.NumCPU(),
+		MaxUpload:   api.DefaultMaxUpload,
+		LogLevel:    "info",
+	}
+}
+
+// ParseFlags sets the configuration from command-line arguments.
+func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
+	fs := pflag.NewFlagSet("ci-server", pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&m.Addr, "addr", m.Addr, "address to listen on")
+	fs.StringVar(&m.DataDir, "data", m.DataDir, "data directory (database and uploaded archives)")
+	fs.StringVar(&m.DB, "db", m.DB, "SQLite database file (default <data>/ci.db)")
+	fs.StringVar(&m.Image, "image", m.Image, "Docker image the tests run in (needs python and pytest)")
+	fs.IntVar(&m.Concurrency, "concurrency", m.Concurrency, "most jobs running at once")
+	fs.Int64Var(&m.MaxUpload, "max-upload", m.MaxUpload, "largest accepted upload in bytes")
+	fs.StringVar(&m.LogLevel, "log-level", m.LogLevel, "log level: debug, info, warn or error")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: ci-server [flags]\n\nRuns the ci service. Flags:\n%s", fs.FlagUsages())
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q (see ci-server --help)", fs.Args())
+	}
+	if m.Concurrency < 1 {
+		return fmt.Errorf("--concurrency must be at least 1, got %d", m.Concurrency)
+	}
+	if m.MaxUpload < 1 {
+		return fmt.Errorf("--max-upload must be positive, got %d", m.MaxUpload)
+	}
+	if m.Image == "" {
+		return errors.New("--image must not be empty")
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(m.LogLevel)); err != nil {
+		return fmt.Errorf("--log-level must be debug, info, warn or error, got %q", m.LogLevel)
+	}
+	if m.Log == nil {
+		m.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	}
+	return nil
+}
+
+// Run opens the store, starts the job service and starts serving HTTP. It
+// returns once the server listens; Close stops it.
+func (m *Main) Run(ctx context.Context) error {
+	if err := os.MkdirAll(m.DataDir, 0o755); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	dbPath := m.DB
+	if dbPath == "" {
+		dbPath = filepath.Join(m.DataDir, "ci.db")
+	}
+	store, err := persistence.Open(ctx, dbPath)
+	if err != nil {
+		return fmt.Errorf("open database %s: %w", dbPath, err)
+	}
+	m.store = store
+	archives, err := persistence.NewArchives(filepath.Join(m.DataDir, "archives"))
+	if err != nil {
+		return fmt.Errorf("open archive dir: %w", err)
+	}
+
+	exec := m.Executor
+	if exec == nil {
+		d, err := executor.NewDocker(executor.DockerConfig{Image: m.Image, Logger: m.Log.With("component", "docker")})
+		if err != nil {
+			return fmt.Errorf("docker client: %w", err)
+		}
+		m.docker = d
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := d.Ping(pctx); err != nil {
+			// Jobs will end in error with this message until it answers;
+			// the server itself is still useful (status, logs).
+			m.Log.Warn("no Docker engine answers; jobs will fail until one does", "err", err)
+		}
+		cancel()
+		exec = d
+	}
+
+	m.service = jobs.NewService(store, archives, exec, jobs.Config{
+		Concurrency: m.Concurrency,
+		Logger:      m.Log.With("component", "jobs"),
+	})
+	if err := m.service.Start(ctx); err != nil {
+		return fmt.Errorf("start jobs: %w", err)
+	}
+	m.events = ws.NewHandler(m.service, m.Log.With("component", "ws"))
+	handler := api.NewHandler(m.service, api.Config{
+		Events:    m.events,
+		UI:        webui.Handler(),
+		MaxUpload: m.MaxUpload,
+		Logger:    m.Log.With("component", "api"),
+	})
+
+	ln, err := net.Listen("tcp", m.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", m.Addr, err)
+	}
+	m.listener = ln
+	m.server = &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(m.Log.Handler(), slog.LevelWarn),
+	}
+	go func() {
+		if err := m.server.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			m.Log.Error("serve", "err", err)
+		}
+	}()
+	m.Log.Info("ci-server listening", "addr", ln.Addr().String(), "data", m.DataDir, "image", m.Image, "concurrency", m.Concurrency)
+	return nil
+}
+
+// URL returns the base URL the server listens on, once Run has returned.
+func (m *Main) URL() string {
+	return "http://" + m.listener.Addr().String()
+}
+
+// Close stops accepting requests, ends event streams with 1001, stops the
+// job service (queued jobs stay queued for the next start) and closes the
+// store. It is safe to call after a failed Run.
+func (m *Main) Close() error {
+	var errs []error
+	if m.server != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := m.server.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+		}
+		cancel()
+	}
+	if m.events != nil {
+		m.events.Close()
+	}
+	if m.service != nil {
+		errs = append(errs, m.service.Close())
+	}
+	if m.docker != nil {
+		errs = append(errs, m.docker.Close())
+	}
+	if m.store != nil {
+		errs = append(errs, m.store.Close())
+	}
+	return errors.Join(errs...)
+}

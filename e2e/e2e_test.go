@@ -1,0 +1,258 @@
+package e2e
+
+import (
+	"context"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"ci/client"
+)
+
+// TestSubmitFixtures runs `ci submit test` on each fixture project and
+// checks exit code and output.
+func TestSubmitFixtures(t *testing.T) {
+	needEngine(t)
+	s := startServer(t, t.TempDir())
+	for _, tc := range []struct {
+		fixture string
+		code    int
+		stdout  []string // substrings of stdout
+		reason  string   // substring of stderr
+	}{
+		{"passing", 0, []string{"test_math.py ..", "2 passed"}, ""},
+		{"failing", 1, []string{"FAILED test_broken.py::test_wrong_answer", "the answer is wrong", "1 failed, 1 passed"}, "some tests failed"},
+		{"invalid", 2, []string{"SyntaxError", "1 error"}, "interrupted"},
+		{"notests", 5, []string{"no tests ran"}, "no tests"},
+		{"srclayout", 0, []string{"tests/test_greeter.py .", "1 passed"}, ""},
+	} {
+		t.Run(tc.fixture, func(t *testing.T) {
+			r := s.ci(t, fixture(t, tc.fixture), "submit", "test")
+			if r.code != tc.code {
+				t.Fatalf("exit code %d, want %d\nstdout:\n%s\nstderr:\n%s", r.code, tc.code, r.stdout, r.stderr)
+			}
+			for _, want := range tc.stdout {
+				if !strings.Contains(r.stdout, want) {
+					t.Errorf("stdout lacks %q:\n%s", want, r.stdout)
+				}
+			}
+			if !regexp.MustCompile(`Job \S+ submitted: http://\S+/jobs/\S+`).MatchString(r.stderr) {
+				t.Errorf("stderr lacks the job id and web URL:\n%s", r.stderr)
+			}
+			if !strings.Contains(r.stderr, tc.reason) {
+				t.Errorf("stderr lacks %q:\n%s", tc.reason, r.stderr)
+			}
+		})
+	}
+}
+
+// TestIgnoredFilesStayHome checks the zip rules end to end: files that
+// .gitignore, dot-directories or __pycache__ hold would fail the run if they
+// were uploaded.
+func TestIgnoredFilesStayHome(t *testing.T) {
+	needEngine(t)
+	s := startServer(t, t.TempDir())
+	dir := copyFixture(t, "passing")
+	failing := "def test_must_not_run():\n    assert False, 'ignored file was uploaded'\n"
+	writeFile(t, filepath.Join(dir, "build", "test_built.py"), failing)
+	writeFile(t, filepath.Join(dir, ".venv", "test_venv.py"), failing)
+	writeFile(t, filepath.Join(dir, "__pycache__", "test_cached.py"), failing)
+	r := s.ci(t, dir, "submit", "test", "--", "-v")
+	if r.code != 0 || strings.Contains(r.stdout, "must_not_run") {
+		t.Fatalf("exit %d, want 0 with no ignored test collected:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestArgsPassThrough passes pytest arguments after --.
+func TestArgsPassThrough(t *testing.T) {
+	needEngine(t)
+	s := startServer(t, t.TempDir())
+	r := s.ci(t, fixture(t, "failing"), "submit", "test", "--", "-k", "test_ok", "-v")
+	if r.code != 0 || !strings.Contains(r.stdout, "test_broken.py::test_ok PASSED") || !strings.Contains(r.stdout, "1 deselected") {
+		t.Fatalf("exit %d, want 0 running only test_ok verbosely:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestAsyncThenWait submits with --async, then replays and follows with
+// `ci wait`, twice (the second time the job has long ended).
+func TestAsyncThenWait(t *testing.T) {
+	needEngine(t)
+	s := startServer(t, t.TempDir())
+	id := jobIDFromAsync(t, s.ci(t, fixture(t, "failing"), "submit", "test", "--async"))
+	for range 2 {
+		r := s.ci(t, t.TempDir(), "wait", id)
+		if r.code != 1 || !strings.Contains(r.stdout, "1 failed, 1 passed") {
+			t.Fatalf("wait: exit %d, want 1 with the full output:\n%s%s", r.code, r.stdout, r.stderr)
+		}
+	}
+	st := s.ci(t, t.TempDir(), "status", id, "--json")
+	if st.code != 0 || !strings.Contains(st.stdout, `"status": "failed"`) {
+		t.Fatalf("status --json: exit %d:\n%s%s", st.code, st.stdout, st.stderr)
+	}
+	l := s.ci(t, t.TempDir(), "list")
+	if l.code != 0 || !strings.Contains(l.stdout, id) {
+		t.Fatalf("list: exit %d, want the job listed:\n%s%s", l.code, l.stdout, l.stderr)
+	}
+}
+
+// TestAfterN checks that the event stream from after=N holds exactly the
+// events N+1..last of the job, for several N.
+func TestAfterN(t *testing.T) {
+	needEngine(t)
+	s := startServer(t, t.TempDir())
+	id := jobIDFromAsync(t, s.ci(t, fixture(t, "passing"), "submit", "test", "--async"))
+	c := client.New(s.url)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var all []client.Event
+	if _, err := c.Follow(ctx, id, 0, func(ev client.Event) error { all = append(all, ev); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for i, ev := range all {
+		if ev.Seq != int64(i+1) {
+			t.Fatalf("event %d has seq %d, want %d (gapless from 1)", i, ev.Seq, i+1)
+		}
+	}
+	last := all[len(all)-1]
+	if last.Type != "status" || last.Status != "passed" {
+		t.Fatalf("last event %+v, want status passed", last)
+	}
+	for _, n := range []int64{1, 2, last.Seq / 2, last.Seq - 1} {
+		var got []int64
+		if _, err := c.Follow(ctx, id, n, func(ev client.Event) error { got = append(got, ev.Seq); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != int(last.Seq-n) || got[0] != n+1 || got[len(got)-1] != last.Seq {
+			t.Fatalf("after=%d: got seqs %v, want %d..%d", n, got, n+1, last.Seq)
+		}
+	}
+}
+
+// TestProgressDotsAreLive checks that pytest's progress dots reach the
+// terminal as each test finishes, not when the line ends: the fixture's
+// three tests take a second each.
+func TestProgressDotsAreLive(t *testing.T) {
+	needEngine(t)
+	s := startServer(t, t.TempDir())
+	cmd := exec.Command(filepath.Join(bin, "ci"), "submit", "test", "--server", s.url)
+	cmd.Dir = fixture(t, "dots")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	chunks := make(chan chunk, 1024)
+	go readChunks(stdout, chunks)
+	var text strings.Builder
+	var firstDot, summary time.Time
+	for c := range chunks {
+		text.WriteString(c.text)
+		if firstDot.IsZero() && strings.Contains(text.String(), "test_dots.py .") {
+			firstDot = c.at
+		}
+		if summary.IsZero() && strings.Contains(text.String(), "3 passed") {
+			summary = c.at
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("ci exited: %v\n%s", err, text.String())
+	}
+	if firstDot.IsZero() || summary.IsZero() {
+		t.Fatalf("did not see a progress dot and the summary:\n%s", text.String())
+	}
+	// Two more tests of a second each run after the first dot.
+	if gap := summary.Sub(firstDot); gap < 1500*time.Millisecond {
+		t.Fatalf("first dot arrived only %v before the summary, want it live (>= 1.5s before)", gap)
+	}
+}
+
+// TestRestartKeepsJobs checks that finished and queued jobs survive a
+// server restart, and that queued jobs then run.
+func TestRestartKeepsJobs(t *testing.T) {
+	needEngine(t)
+	data := t.TempDir()
+	s := startServer(t, data, "--concurrency", "1")
+
+	finished := jobIDFromAsync(t, s.ci(t, fixture(t, "failing"), "submit", "test", "--async"))
+	if r := s.ci(t, t.TempDir(), "wait", finished); r.code != 1 {
+		t.Fatalf("wait finished job: exit %d, want 1\n%s", r.code, r.stderr)
+	}
+	// One slow job takes the only slot; two more queue behind it.
+	slow := jobIDFromAsync(t, s.ci(t, fixture(t, "slow"), "submit", "test", "--async"))
+	waitStatus(t, s, slow, "running")
+	q1 := jobIDFromAsync(t, s.ci(t, fixture(t, "passing"), "submit", "test", "--async"))
+	q2 := jobIDFromAsync(t, s.ci(t, fixture(t, "notests"), "submit", "test", "--async"))
+	waitStatus(t, s, q2, "queued")
+
+	// A follower of a queued job is connected across the restart: it must
+	// reconnect by itself and print everything exactly once.
+	follower := exec.Command(filepath.Join(bin, "ci"), "wait", q1, "--server", s.url)
+	var fout, ferr strings.Builder
+	follower.Stdout, follower.Stderr = &fout, &ferr
+	if err := follower.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return strings.Contains(s.logs.String(), "job="+q1+" after=0") })
+
+	s.restart()
+
+	// The finished job replays in full with its exit code.
+	if r := s.ci(t, t.TempDir(), "wait", finished); r.code != 1 || !strings.Contains(r.stdout, "1 failed, 1 passed") {
+		t.Fatalf("finished job after restart: exit %d, want 1 with its output:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	// The queued ones run after the restart.
+	if r := s.ci(t, t.TempDir(), "wait", q1); r.code != 0 || !strings.Contains(r.stdout, "2 passed") {
+		t.Fatalf("queued job after restart: exit %d, want 0:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if err := follower.Wait(); err != nil {
+		t.Fatalf("follower across the restart: %v\n%s%s", err, fout.String(), ferr.String())
+	}
+	if n := strings.Count(fout.String(), "2 passed"); n != 1 || !strings.Contains(fout.String(), "test_math.py ..") {
+		t.Fatalf("follower printed the summary %d times, want once with the progress line:\n%s", n, fout.String())
+	}
+	if !strings.Contains(ferr.String(), "reconnecting") {
+		t.Fatalf("follower did not say it was reconnecting:\n%s", ferr.String())
+	}
+	if r := s.ci(t, t.TempDir(), "wait", q2); r.code != 5 {
+		t.Fatalf("queued job after restart: exit %d, want 5:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	// The job that was running when the server stopped ended as error
+	// (re-attaching is a later feature), with a reason.
+	r := s.ci(t, t.TempDir(), "wait", slow)
+	if r.code != 125 || !strings.Contains(r.stderr, "shut down") {
+		t.Fatalf("interrupted job: exit %d, want 125 saying the server shut down:\n%s", r.code, r.stderr)
+	}
+}
+
+// waitStatus polls the job until it has the given status.
+func waitStatus(t *testing.T, s *server, id, status string) {
+	t.Helper()
+	c := client.New(s.url)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		j, err := c.Job(context.Background(), id)
+		if err == nil && j.Status == status {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s not %s before the deadline (last: %+v, %v)", id, status, j, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestUsageErrors checks that misuse of ci exits 64 with help.
+func TestUsageErrors(t *testing.T) {
+	s := &server{url: "http://127.0.0.1:1"}
+	for _, args := range [][]string{{}, {"submit"}, {"submit", "lint"}, {"wait"}, {"frobnicate"}, {"wait", "x", "--after", "-3"}} {
+		r := s.ci(t, t.TempDir(), args...)
+		if r.code != 64 || !strings.Contains(strings.ToLower(r.stderr), "usage") {
+			t.Errorf("ci %s: exit %d, want 64 with usage:\n%s", strings.Join(args, " "), r.code, r.stderr)
+		}
+	}
+}

@@ -1,0 +1,358 @@
+// Package executor runs jobs' tests: Docker runs them in containers through
+// the Docker Engine API, and Fake plays scripted output for tests of other
+// packages. Both implement jobs.Executor.
+package executor
+
+import (
+	"archive/zip"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/client"
+	"github.com/docker/docker/pkg/stdcopy"
+
+	"ci/jobs"
+)
+
+// DefaultImage is the image used when DockerConfig.Image is empty.
+const DefaultImage = "python:3.12-slim"
+
+// removeTimeout bounds the removal of a job's container, which runs on a
+// fresh context because the job's own may be canceled.
+const removeTimeout = 30 * time.Second
+
+// DockerConfig configures a Docker executor.
+type DockerConfig struct {
+	// Image is the image the tests run in; it must have python with
+	// pytest. Empty means DefaultImage. It is pulled if missing.
+	Image string
+	// Logger receives the executor's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Docker is an Executor that runs each job's tests in a fresh container of
+// a Docker engine, found from the environment (DOCKER_HOST and friends), so
+// the engine may be remote: the project goes in through the API as a tar
+// stream, never through a bind mount. It is safe for concurrent use.
+type Docker struct {
+	cli   *client.Client
+	image string
+	log   *slog.Logger
+}
+
+var _ jobs.Executor = (*Docker)(nil)
+
+// NewDocker returns a Docker executor for cfg. It does not contact the
+// engine; use Ping for that.
+func NewDocker(cfg DockerConfig) (*Docker, error) {
+	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return nil, fmt.Errorf("docker client: %w", err)
+	}
+	img := cfg.Image
+	if img == "" {
+		img = DefaultImage
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Docker{cli: cli, image: img, log: log}, nil
+}
+
+// Image returns the image the tests run in.
+func (d *Docker) Image() string { return d.image }
+
+// Ping checks that the Docker engine answers.
+func (d *Docker) Ping(ctx context.Context) error {
+	if _, err := d.cli.Ping(ctx); err != nil {
+		return fmt.Errorf("docker engine: %w", err)
+	}
+	return nil
+}
+
+// Close releases the client's resources. Runs in progress are not stopped.
+func (d *Docker) Close() error {
+	return d.cli.Close()
+}
+
+// Run implements jobs.Executor. It makes sure the image is there (pulling
+// it if needed), creates a container labelled ci.job=<job ID> with an
+// anonymous volume at /workspace, copies the project in, attaches to its
+// output, starts it and streams stdout and stderr to out as they are
+// written. When ctx is canceled it kills the container and returns ctx's
+// error. The container and its volume are removed whatever way Run
+// returns.
+func (d *Docker) Run(ctx context.Context, spec jobs.Spec, out jobs.Output) (jobs.Result, error) {
+	if err := ctx.Err(); err != nil {
+		return jobs.Result{}, err
+	}
+	log := d.log.With("job", spec.JobID)
+
+	// Check the archive before anything is created in the engine.
+	zr, err := zip.OpenReader(spec.Archive)
+	if err != nil {
+		return jobs.Result{}, fmt.Errorf("open project archive: %w", err)
+	}
+	defer zr.Close()
+	entries, err := planTar(&zr.Reader)
+	if err != nil {
+		return jobs.Result{}, fmt.Errorf("project archive: %w", err)
+	}
+
+	if err := d.ensureImage(ctx, log); err != nil {
+		return jobs.Result{}, ctxErr(ctx, err)
+	}
+
+	// Create on a context that is not canceled with ctx: a create that
+	// succeeds in the engine after its request was abandoned would leave a
+	// container whose ID we never learnt.
+	cfg, host := containerConfig(spec, d.image)
+	createCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), removeTimeout)
+	created, err := d.cli.ContainerCreate(createCtx, cfg, host, nil, nil, "")
+	cancel()
+	if err != nil {
+		return jobs.Result{}, ctxErr(ctx, fmt.Errorf("create container: %w", err))
+	}
+	log = log.With("container", shortID(created.ID))
+	defer d.remove(ctx, created.ID, log)
+	log.Debug("container created", "image", d.image)
+
+	res, err := d.run(ctx, created.ID, entries, out, log)
+	if err != nil {
+		return jobs.Result{}, ctxErr(ctx, err)
+	}
+	return res, nil
+}
+
+// run copies the project into the created container id, runs it and
+// follows it to its end.
+func (d *Docker) run(ctx context.Context, id string, entries []tarEntry, out jobs.Output, log *slog.Logger) (jobs.Result, error) {
+	if err := d.copyProject(ctx, id, entries); err != nil {
+		return jobs.Result{}, err
+	}
+	log.Debug("project copied")
+
+	// Attach before start, so no output is missed and partial lines arrive
+	// as they are written (the logs endpoint waits for the newline).
+	hj, err := d.cli.ContainerAttach(ctx, id, container.AttachOptions{Stream: true, Stdout: true, Stderr: true})
+	if err != nil {
+		return jobs.Result{}, fmt.Errorf("attach to container: %w", err)
+	}
+	defer hj.Close()
+
+	// Register the wait before start, so the exit cannot be missed.
+	// Canceling waitCtx (on return) ends the goroutine in every case.
+	waitCtx, cancelWait := context.WithCancel(ctx)
+	defer cancelWait()
+	type waitResult struct {
+		resp container.WaitResponse
+		err  error
+	}
+	waited := make(chan waitResult, 1)
+	waitC, waitErrC := d.cli.ContainerWait(waitCtx, id, container.WaitConditionNextExit)
+	go func() {
+		select {
+		case resp := <-waitC:
+			waited <- waitResult{resp: resp}
+		case err := <-waitErrC:
+			waited <- waitResult{err: err}
+		}
+	}()
+
+	start := time.Now()
+	if err := d.cli.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
+		return jobs.Result{}, fmt.Errorf("start container: %w", err)
+	}
+	log.Debug("container started")
+
+	copied := make(chan error, 1)
+	go func() {
+		_, err := stdcopy.StdCopy(
+			&streamWriter{out: out, stream: jobs.StreamStdout},
+			&streamWriter{out: out, stream: jobs.StreamStderr},
+			hj.Reader)
+		copied <- err
+	}()
+	select {
+	case err := <-copied:
+		if err != nil {
+			var werr *writeError
+			if errors.As(err, &werr) {
+				return jobs.Result{}, werr.err
+			}
+			return jobs.Result{}, fmt.Errorf("read container output: %w", err)
+		}
+	case <-ctx.Done():
+		// Unblock the copy and wait for it: out is not written to once
+		// Run has returned. The deferred removal kills the container.
+		hj.Close()
+		<-copied
+		log.Debug("run canceled", "err", ctx.Err())
+		return jobs.Result{}, ctx.Err()
+	}
+
+	var w waitResult
+	select {
+	case w = <-waited:
+	case <-ctx.Done():
+		return jobs.Result{}, ctx.Err()
+	}
+	if w.err != nil {
+		return jobs.Result{}, fmt.Errorf("wait for container: %w", w.err)
+	}
+	if w.resp.Error != nil && w.resp.Error.Message != "" {
+		return jobs.Result{}, fmt.Errorf("wait for container: %s", w.resp.Error.Message)
+	}
+
+	info, err := d.cli.ContainerInspect(ctx, id)
+	if err != nil {
+		return jobs.Result{}, fmt.Errorf("inspect container: %w", err)
+	}
+	res := jobs.Result{ExitCode: int(w.resp.StatusCode)}
+	if info.ContainerJSONBase != nil && info.State != nil {
+		res.OOMKilled = info.State.OOMKilled
+	}
+	log.Info("container exited", "exit_code", res.ExitCode, "oom_killed", res.OOMKilled,
+		"duration", time.Since(start).Round(time.Millisecond))
+	return res, nil
+}
+
+// errCopyAborted stops the tar writer when the engine stopped reading.
+var errCopyAborted = errors.New("copy aborted")
+
+// copyProject streams the project into the container's /workspace as a tar
+// made on the fly from the zip.
+func (d *Docker) copyProject(ctx context.Context, id string, entries []tarEntry) error {
+	pr, pw := io.Pipe()
+	written := make(chan error, 1)
+	go func() {
+		err := writeTar(pw, entries)
+		pw.CloseWithError(err)
+		written <- err
+	}()
+	err := d.cli.CopyToContainer(ctx, id, Workspace, pr, container.CopyToContainerOptions{})
+	pr.CloseWithError(errCopyAborted)
+	if werr := <-written; werr != nil && !errors.Is(werr, errCopyAborted) {
+		return fmt.Errorf("project archive: %w", werr)
+	}
+	if err != nil {
+		return fmt.Errorf("copy project into container: %w", err)
+	}
+	return nil
+}
+
+// ensureImage makes sure d.image is present in the engine, pulling it if
+// it is missing.
+func (d *Docker) ensureImage(ctx context.Context, log *slog.Logger) error {
+	_, err := d.cli.ImageInspect(ctx, d.image)
+	if err == nil {
+		return nil
+	}
+	if !cerrdefs.IsNotFound(err) {
+		return fmt.Errorf("inspect image %q: %w", d.image, err)
+	}
+	log.Info("pulling image", "image", d.image)
+	if err := d.pull(ctx); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("image %q is not available and could not be pulled (%v); "+
+			"build a local one with scripts/build-image and start ci-server with --image ci-python:latest",
+			d.image, err)
+	}
+	log.Info("pulled image", "image", d.image)
+	return nil
+}
+
+// pull pulls d.image, reading the progress stream to its end; errors are
+// reported inside the stream as well as by the request.
+func (d *Docker) pull(ctx context.Context) error {
+	rc, err := d.cli.ImagePull(ctx, d.image, image.PullOptions{})
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	return readPullStream(rc)
+}
+
+// readPullStream reads a pull's progress messages to the end and returns
+// the first error one of them reports.
+func readPullStream(r io.Reader) error {
+	dec := json.NewDecoder(r)
+	for {
+		var msg struct {
+			Error       string `json:"error"`
+			ErrorDetail *struct {
+				Message string `json:"message"`
+			} `json:"errorDetail"`
+		}
+		if err := dec.Decode(&msg); err == io.EOF {
+			return nil
+		} else if err != nil {
+			return fmt.Errorf("read pull progress: %w", err)
+		}
+		if msg.ErrorDetail != nil && msg.ErrorDetail.Message != "" {
+			return errors.New(msg.ErrorDetail.Message)
+		}
+		if msg.Error != "" {
+			return errors.New(msg.Error)
+		}
+	}
+}
+
+// remove force-removes container id (killing it if it runs) with its
+// anonymous volumes, on a fresh context: ctx may be canceled already.
+func (d *Docker) remove(ctx context.Context, id string, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), removeTimeout)
+	defer cancel()
+	err := d.cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true})
+	if err != nil && !cerrdefs.IsNotFound(err) {
+		log.Error("remove container", "err", err)
+		return
+	}
+	log.Debug("container removed")
+}
+
+// streamWriter hands what it is given to one stream of a jobs.Output.
+type streamWriter struct {
+	out    jobs.Output
+	stream string
+}
+
+// writeError marks an error returned by jobs.Output, to tell it from an
+// error reading the container's output.
+type writeError struct{ err error }
+
+func (e *writeError) Error() string { return e.err.Error() }
+
+func (w *streamWriter) Write(p []byte) (int, error) {
+	if err := w.out.Write(w.stream, p); err != nil {
+		return 0, &writeError{err: fmt.Errorf("write %s: %w", w.stream, err)}
+	}
+	return len(p), nil
+}
+
+// ctxErr returns ctx's error if it is done, so a canceled run reports the
+// cancellation rather than whichever call it broke; otherwise err.
+func ctxErr(ctx context.Context, err error) error {
+	if cerr := ctx.Err(); cerr != nil {
+		return cerr
+	}
+	return err
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}

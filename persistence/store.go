@@ -1,0 +1,433 @@
+// Package persistence stores jobs and their events in SQLite through GORM,
+// and uploaded archives as content-addressed files. It implements
+// jobs.Store and jobs.Archives.
+package persistence
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"runtime"
+	"time"
+
+	"gorm.io/driver/sqlite"
+	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
+
+	"ci/jobs"
+)
+
+var _ jobs.Store = (*Store)(nil)
+
+const (
+	// defaultListLimit and maxListLimit bound a page of Jobs.
+	defaultListLimit = 50
+	maxListLimit     = 1000
+	// defaultEventsLimit and maxEventsLimit bound a page of Events.
+	defaultEventsLimit = 1000
+	maxEventsLimit     = 10000
+	// createBatchSize is the most event rows in one INSERT of CreateJob:
+	// 100 rows of 9 columns stay below SQLite's old limit of 999 variables.
+	createBatchSize = 100
+	// slowQuery is how long a query may take before it is logged.
+	slowQuery = 200 * time.Millisecond
+)
+
+// Store is a jobs.Store backed by an SQLite database file. It is safe for
+// concurrent use.
+//
+// All writes go through one connection (SQLite allows one writer at a time;
+// queueing in Go is cheaper and fairer than spinning on SQLITE_BUSY), reads
+// through a pool of read-only connections that, thanks to WAL, never wait
+// for the writer.
+type Store struct {
+	w   *gorm.DB // one connection, for writes
+	wdb *sql.DB  // w's database, for the prepared statements of ws
+	ws  writeStmts
+	r   *gorm.DB // a pool of query-only connections, for reads
+}
+
+// Open opens (creating if needed) the SQLite database at the file path dsn
+// and migrates its tables. The database runs in WAL mode with a busy
+// timeout of 5s and foreign keys on.
+func Open(ctx context.Context, dsn string) (*Store, error) {
+	if dsn == "" {
+		return nil, errors.New("open store: empty database path")
+	}
+	// synchronous=NORMAL in WAL mode fsyncs only at checkpoints, not at
+	// every commit: a commit survives a crash of the process, but the last
+	// transactions before a power loss or OS crash may be lost (the database
+	// stays consistent). That is the right trade for a CI log: it spares an
+	// fsync per commit.
+	pragmas := "_busy_timeout=5000&_foreign_keys=on"
+	// _txlock=immediate takes the write lock at BEGIN, so that a
+	// transaction never fails half-way on another process's lock.
+	w, err := openDB(dsn, pragmas+"&_journal_mode=WAL&_synchronous=NORMAL&_txlock=immediate", false)
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	s := &Store{w: w}
+	if s.wdb, err = setPool(s.w, 1); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	if err := s.w.WithContext(ctx).AutoMigrate(&jobRow{}, &eventRow{}); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("migrate: %w", err)
+	}
+	if err := s.ws.prepare(ctx, s.wdb); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	// Readers are opened after the writer has switched the file to WAL
+	// (a persistent setting) and created the tables.
+	s.r, err = openDB(dsn, pragmas+"&_query_only=true", true)
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	if _, err := setPool(s.r, max(4, runtime.GOMAXPROCS(0))); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	return s, nil
+}
+
+// openDB opens a GORM handle on the database file path with the given
+// go-sqlite3 DSN parameters, caching prepared statements if prepare is set.
+func openDB(path, params string, prepare bool) (*gorm.DB, error) {
+	// A file: URI, so that any path (with '?' or '#' in it) is taken as is.
+	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + params
+	return gorm.Open(sqlite.Open(dsn), &gorm.Config{
+		Logger:                 slowLogger{log: slog.Default().With("component", "persistence")},
+		SkipDefaultTransaction: true,
+		PrepareStmt:            prepare,
+		TranslateError:         true,
+		NowFunc:                func() time.Time { return time.Now().UTC() },
+	})
+}
+
+// setPool sizes db's connection pool to n connections, kept open, and
+// returns it.
+func setPool(db *gorm.DB, n int) (*sql.DB, error) {
+	sqlDB, err := db.DB()
+	if err != nil {
+		return nil, err
+	}
+	sqlDB.SetMaxOpenConns(n)
+	sqlDB.SetMaxIdleConns(n)
+	sqlDB.SetConnMaxLifetime(0)
+	sqlDB.SetConnMaxIdleTime(0)
+	return sqlDB, nil
+}
+
+// Close closes the database. The Store must not be used afterwards.
+func (s *Store) Close() error {
+	s.ws.close()
+	var errs []error
+	for _, db := range []*gorm.DB{s.r, s.w} {
+		if db == nil {
+			continue
+		}
+		sqlDB, err := db.DB()
+		if err == nil {
+			err = sqlDB.Close()
+		}
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("close store: %w", err)
+	}
+	return nil
+}
+
+// CreateJob inserts job and its first events in one transaction and sets
+// job.ID to a new lowercase ULID, and the events' JobID to it. The events
+// must start at seq 1 and be gapless, and job.LastSeq must be the seq of the
+// last one (0 without events); otherwise it returns an ECONFLICT error. A
+// zero job.CreatedAt is set to the current time.
+func (s *Store) CreateJob(ctx context.Context, job *jobs.Job, events []jobs.Event) error {
+	if !job.Status.Valid() {
+		return fmt.Errorf("create job: %w", jobs.Errorf(jobs.EINVALID, "invalid job status %q", job.Status))
+	}
+	if len(events) == 0 && job.LastSeq != 0 {
+		return fmt.Errorf("create job: %w", jobs.Errorf(jobs.ECONFLICT, "job has last seq %d but no events", job.LastSeq))
+	}
+	if len(events) > 0 {
+		if events[0].Seq != 1 {
+			return fmt.Errorf("create job: %w", jobs.Errorf(jobs.ECONFLICT, "first event has seq %d, want 1", events[0].Seq))
+		}
+		if err := checkEvents(job, events, false); err != nil {
+			return fmt.Errorf("create job: %w", err)
+		}
+	}
+
+	now := time.Now()
+	id, err := newID(now)
+	if err != nil {
+		return fmt.Errorf("create job: new id: %w", err)
+	}
+	j := *job
+	j.ID = id
+	if j.CreatedAt.IsZero() {
+		j.CreatedAt = now.UTC()
+	}
+	row, err := newJobRow(&j)
+	if err != nil {
+		return fmt.Errorf("create job: %w", err)
+	}
+	rows := newEventRows(id, events)
+	err = s.w.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if err := tx.Omit("Events").Create(&row).Error; err != nil {
+			return fmt.Errorf("insert job: %w", err)
+		}
+		if len(rows) > 0 {
+			if err := tx.CreateInBatches(rows, createBatchSize).Error; err != nil {
+				return fmt.Errorf("insert events: %w", err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("create job: %w", err)
+	}
+	job.ID = id
+	job.CreatedAt = j.CreatedAt
+	for i := range events {
+		events[i].JobID = id
+	}
+	return nil
+}
+
+// checkEvents checks that events are for job, gapless, and end at
+// job.LastSeq. With sameJob, each event's JobID must be job.ID.
+func checkEvents(job *jobs.Job, events []jobs.Event, sameJob bool) error {
+	first := events[0].Seq
+	for i := range events {
+		e := &events[i]
+		if sameJob && e.JobID != job.ID {
+			return jobs.Errorf(jobs.ECONFLICT, "event %d is for job %q, not %q", e.Seq, e.JobID, job.ID)
+		}
+		if e.Seq != first+int64(i) {
+			return jobs.Errorf(jobs.ECONFLICT, "job %q: event %d has seq %d, want %d", job.ID, i, e.Seq, first+int64(i))
+		}
+	}
+	if last := events[len(events)-1].Seq; job.LastSeq != last {
+		return jobs.Errorf(jobs.ECONFLICT, "job %q: last seq is %d, last event has seq %d", job.ID, job.LastSeq, last)
+	}
+	return nil
+}
+
+// Job returns the job with the given ID, or an ENOTFOUND error.
+func (s *Store) Job(ctx context.Context, id string) (*jobs.Job, error) {
+	var rows []jobRow
+	if err := s.r.WithContext(ctx).Where("id = ?", id).Limit(1).Find(&rows).Error; err != nil {
+		return nil, fmt.Errorf("get job: %w", err)
+	}
+	if len(rows) == 0 {
+		return nil, jobs.Errorf(jobs.ENOTFOUND, "job %q not found", id)
+	}
+	j, err := rows[0].job()
+	if err != nil {
+		return nil, fmt.Errorf("get job: %w", err)
+	}
+	return j, nil
+}
+
+// Jobs returns a page of jobs, newest first: at most opts.Limit (default 50,
+// at most 1000) jobs, with IDs below opts.Before when it is set.
+func (s *Store) Jobs(ctx context.Context, opts jobs.ListOptions) ([]*jobs.Job, error) {
+	limit := opts.Limit
+	if limit <= 0 {
+		limit = defaultListLimit
+	}
+	limit = min(limit, maxListLimit)
+	q := s.r.WithContext(ctx).Order("id DESC").Limit(limit)
+	if opts.Before != "" {
+		q = q.Where("id < ?", opts.Before)
+	}
+	var rows []jobRow
+	if err := q.Find(&rows).Error; err != nil {
+		return nil, fmt.Errorf("list jobs: %w", err)
+	}
+	js, err := toJobs(rows)
+	if err != nil {
+		return nil, fmt.Errorf("list jobs: %w", err)
+	}
+	return js, nil
+}
+
+// JobsByStatus returns every job with the given status, oldest first.
+func (s *Store) JobsByStatus(ctx context.Context, status jobs.Status) ([]*jobs.Job, error) {
+	var rows []jobRow
+	if err := s.r.WithContext(ctx).Where("status = ?", string(status)).Order("id ASC").Find(&rows).Error; err != nil {
+		return nil, fmt.Errorf("jobs by status: %w", err)
+	}
+	js, err := toJobs(rows)
+	if err != nil {
+		return nil, fmt.Errorf("jobs by status: %w", err)
+	}
+	return js, nil
+}
+
+// toJobs converts rows to jobs.
+func toJobs(rows []jobRow) ([]*jobs.Job, error) {
+	js := make([]*jobs.Job, len(rows))
+	for i := range rows {
+		j, err := rows[i].job()
+		if err != nil {
+			return nil, err
+		}
+		js[i] = j
+	}
+	return js, nil
+}
+
+// AppendEvents appends events to job's log and saves job's mutable fields
+// (status, started and finished times, exit code, reason, last seq) in one
+// transaction. The events must be non-empty, for job, gapless, start right
+// after the stored last seq and end at job.LastSeq; otherwise it returns an
+// ECONFLICT error and writes nothing. An unknown job is an ENOTFOUND error.
+func (s *Store) AppendEvents(ctx context.Context, job *jobs.Job, events []jobs.Event) error {
+	if len(events) == 0 {
+		return fmt.Errorf("append events: %w", jobs.Errorf(jobs.ECONFLICT, "job %q: no events to append", job.ID))
+	}
+	if err := checkEvents(job, events, true); err != nil {
+		return fmt.Errorf("append events: %w", err)
+	}
+	if !job.Status.Valid() {
+		return fmt.Errorf("append events: %w", jobs.Errorf(jobs.EINVALID, "invalid job status %q", job.Status))
+	}
+	if err := s.appendEvents(ctx, job, events); err != nil {
+		return fmt.Errorf("append events: %w", err)
+	}
+	return nil
+}
+
+// appendEvents does the work of AppendEvents in one transaction.
+func (s *Store) appendEvents(ctx context.Context, job *jobs.Job, events []jobs.Event) error {
+	tx, err := s.wdb.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback() // a no-op after Commit
+
+	// The update comes first: it takes the job's expected last seq as a
+	// guard, so that a batch that does not continue the stored log exactly
+	// changes nothing.
+	prev := events[0].Seq - 1
+	res, err := tx.StmtContext(ctx, s.ws.update).ExecContext(ctx,
+		string(job.Status), timeArg(job.StartedAt), timeArg(job.FinishedAt), intArg(job.ExitCode),
+		job.Reason, job.LastSeq, job.ID, prev)
+	if err != nil {
+		return fmt.Errorf("update job: %w", err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("update job: %w", err)
+	} else if n != 1 {
+		return conflict(ctx, tx, job.ID, prev)
+	}
+	if err := s.ws.insertEvents(ctx, tx, job.ID, events); err != nil {
+		if isDuplicate(s.w, err) {
+			return jobs.Errorf(jobs.ECONFLICT, "job %q: events %d to %d already exist", job.ID, events[0].Seq, job.LastSeq)
+		}
+		return fmt.Errorf("insert events: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// isDuplicate reports whether err is a primary key violation.
+func isDuplicate(db *gorm.DB, err error) bool {
+	t, ok := db.Dialector.(gorm.ErrorTranslator)
+	return ok && errors.Is(t.Translate(err), gorm.ErrDuplicatedKey)
+}
+
+// conflict explains why the job with the given ID could not be updated
+// with events following prev.
+func conflict(ctx context.Context, tx *sql.Tx, id string, prev int64) error {
+	var last int64
+	err := tx.QueryRowContext(ctx, "SELECT last_seq FROM jobs WHERE id = ?", id).Scan(&last)
+	if errors.Is(err, sql.ErrNoRows) {
+		return jobs.Errorf(jobs.ENOTFOUND, "job %q not found", id)
+	}
+	if err != nil {
+		return fmt.Errorf("get last seq: %w", err)
+	}
+	return jobs.Errorf(jobs.ECONFLICT, "job %q: events start at seq %d, want %d", id, prev+1, last+1)
+}
+
+// timeArg returns *t in UTC as an SQL argument, or NULL.
+func timeArg(t *time.Time) any {
+	if t == nil {
+		return nil
+	}
+	return t.UTC()
+}
+
+// intArg returns *n as an SQL argument, or NULL.
+func intArg(n *int) any {
+	if n == nil {
+		return nil
+	}
+	return int64(*n)
+}
+
+// Events returns up to limit events (default 1000 when limit <= 0, at most
+// 10000) of the job with seq > after, in seq order. An unknown job has no
+// events.
+func (s *Store) Events(ctx context.Context, jobID string, after int64, limit int) ([]jobs.Event, error) {
+	if limit <= 0 {
+		limit = defaultEventsLimit
+	}
+	limit = min(limit, maxEventsLimit)
+	var rows []eventRow
+	err := s.r.WithContext(ctx).
+		Where("job_id = ? AND seq > ?", jobID, after).
+		Order("seq ASC").Limit(limit).
+		Find(&rows).Error
+	if err != nil {
+		return nil, fmt.Errorf("get events: %w", err)
+	}
+	events := make([]jobs.Event, len(rows))
+	for i := range rows {
+		events[i] = rows[i].event()
+	}
+	return events, nil
+}
+
+// slowLogger is a GORM logger that logs slow queries only: errors are
+// returned to the caller, who logs them once at the edge.
+type slowLogger struct {
+	log *slog.Logger
+}
+
+// LogMode implements logger.Interface.
+func (l slowLogger) LogMode(logger.LogLevel) logger.Interface { return l }
+
+// Info implements logger.Interface.
+func (l slowLogger) Info(context.Context, string, ...any) {}
+
+// Warn implements logger.Interface.
+func (l slowLogger) Warn(context.Context, string, ...any) {}
+
+// Error implements logger.Interface.
+func (l slowLogger) Error(context.Context, string, ...any) {}
+
+// Trace implements logger.Interface.
+func (l slowLogger) Trace(ctx context.Context, begin time.Time, fc func() (string, int64), _ error) {
+	elapsed := time.Since(begin)
+	if elapsed < slowQuery {
+		return
+	}
+	sql, rows := fc()
+	if len(sql) > 200 {
+		sql = sql[:200] + "..."
+	}
+	l.log.WarnContext(ctx, "slow query", "elapsed", elapsed, "rows", rows, "sql", sql)
+}
