@@ -1,0 +1,85 @@
+package main
+
+import (
+	"archive/zip"
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"ci/client"
+	"ci/executor"
+)
+
+func TestParseFlags(t *testing.T) {
+	m := NewMain()
+	err := m.ParseFlags([]string{"--addr", "127.0.0.1:9", "--data", "/d", "--image", "img:1", "--concurrency", "3", "--log-level", "warn"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Addr != "127.0.0.1:9" || m.DataDir != "/d" || m.Image != "img:1" || m.Concurrency != 3 || m.Log == nil {
+		t.Fatalf("parsed %+v", m)
+	}
+	d := NewMain()
+	if d.Addr != ":8000" || d.DataDir != "./data" || d.Image != "python:3.12-slim" || d.Concurrency < 1 {
+		t.Fatalf("defaults %+v, want :8000 ./data python:3.12-slim NCPU", d)
+	}
+	for _, bad := range [][]string{
+		{"--concurrency", "0"},
+		{"--image", ""},
+		{"--log-level", "loud"},
+		{"--max-upload", "-1"},
+		{"--nope"},
+		{"extra"},
+	} {
+		if err := NewMain().ParseFlags(bad, io.Discard); err == nil {
+			t.Errorf("ParseFlags(%q) succeeded, want an error", bad)
+		}
+	}
+}
+
+// TestMainInProcess runs the whole server in-process on :0 with the fake
+// executor, submits a job with the client library and follows it.
+func TestMainInProcess(t *testing.T) {
+	m := NewMain()
+	if err := m.ParseFlags([]string{"--addr", "127.0.0.1:0", "--data", t.TempDir()}, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	m.Log = slog.New(slog.DiscardHandler)
+	m.Executor = &executor.Fake{}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := m.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	w, _ := zw.Create(executor.FakeScript)
+	io.WriteString(w, "stdout \"hello\\n\"\nexit 3\n")
+	zw.Close()
+
+	c := client.New(m.URL())
+	job, err := c.Submit(ctx, &buf, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	end, err := c.Follow(ctx, job.ID, 0, func(ev client.Event) error {
+		out.WriteString(ev.Text)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if end.Status != "failed" || end.ExitCode == nil || *end.ExitCode != 3 || out.String() != "hello\n" {
+		t.Fatalf("ended %+v with output %q, want failed with exit code 3 and hello", end, out.String())
+	}
+	if err := m.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+}
