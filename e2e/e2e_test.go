@@ -256,3 +256,14 @@ func TestUsageErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestMissingImage runs a server whose image can't be had: the job ends
+// error (exit 125) with a message naming the image and how to build one.
+func TestMissingImage(t *testing.T) {
+	needEngine(t)
+	s := startServer(t, t.TempDir(), "--image", "localhost:1/ci-missing:latest")
+	r := s.ci(t, fixture(t, "passing"), "submit", "test")
+	if r.code != 125 || !strings.Contains(r.stderr, "localhost:1/ci-missing:latest") || !strings.Contains(r.stderr, "scripts/build-image") {
+		t.Fatalf("exit %d, want 125 naming the image and scripts/build-image:\n%s", r.code, r.stderr)
+	}
+}
