@@ -28,6 +28,9 @@ type Service interface {
 type Config struct {
 	// Events serves GET /api/v1/jobs/{id}/events (the WebSocket stream).
 	Events http.Handler
+	// JobEvents serves GET /api/v1/events (the WebSocket feed of job
+	// status changes).
+	JobEvents http.Handler
 	// UI serves the web pages: GET / and GET /jobs/{id}.
 	UI http.Handler
 	// MaxUpload is the largest accepted archive in bytes; 0 means
@@ -71,10 +74,13 @@ func NewHandler(svc Service, cfg Config) *Handler {
 	if cfg.Events != nil {
 		m.Handle("GET /api/v1/jobs/{id}/events", cfg.Events)
 	}
+	if cfg.JobEvents != nil {
+		m.Handle("GET /api/v1/events", cfg.JobEvents)
+	}
 	m.HandleFunc("GET /healthz", h.health)
 	// Known paths with a wrong method, and unknown API paths, answer in
 	// JSON like every other API error.
-	for _, p := range []string{"/api/v1/jobs", "/api/v1/jobs/{id}", "/api/v1/jobs/{id}/log", "/api/v1/jobs/{id}/events", "/healthz"} {
+	for _, p := range []string{"/api/v1/jobs", "/api/v1/jobs/{id}", "/api/v1/jobs/{id}/log", "/api/v1/jobs/{id}/events", "/api/v1/events", "/healthz"} {
 		m.HandleFunc(p, func(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusMethodNotAllowed, jobs.EINVALID, "method "+r.Method+" is not allowed on "+r.URL.Path)
 		})

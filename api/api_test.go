@@ -49,7 +49,7 @@ func newEnv(t *testing.T, maxUpload int64) *env {
 		t.Fatal(err)
 	}
 	events := ws.NewHandler(svc, nil)
-	h := api.NewHandler(svc, api.Config{Events: events, UI: webui.Handler(), MaxUpload: maxUpload})
+	h := api.NewHandler(svc, api.Config{Events: events, JobEvents: http.HandlerFunc(events.ServeJobs), UI: webui.Handler(), MaxUpload: maxUpload})
 	srv := httptest.NewServer(h)
 	t.Cleanup(func() {
 		srv.Close()
@@ -312,5 +312,52 @@ func TestHealthAndPages(t *testing.T) {
 		if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") {
 			t.Fatalf("GET %s: %d %s, want 200 text/html", p, resp.StatusCode, resp.Header.Get("Content-Type"))
 		}
+	}
+}
+
+// TestJobFeed follows the job list feed through the whole stack: a
+// snapshot, then a new job's changes up to its end.
+func TestJobFeed(t *testing.T) {
+	e := newEnv(t, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(e.srv.URL, "http")+"/api/v1/events", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	type msg struct {
+		Type string    `json:"type"`
+		Jobs []jobJSON `json:"jobs"`
+		Job  *jobJSON  `json:"job"`
+	}
+	read := func() msg {
+		_, b, err := c.Read(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m msg
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	if m := read(); m.Type != "snapshot" || m.Jobs == nil || len(m.Jobs) != 0 {
+		t.Fatalf("first message %+v, want an empty snapshot", m)
+	}
+	j := e.submit(t, project(t, 2, 0), "")
+	var statuses []string
+	for {
+		m := read()
+		if m.Type != "job" || m.Job == nil || m.Job.ID != j.ID {
+			t.Fatalf("message %+v, want a change of job %s", m, j.ID)
+		}
+		statuses = append(statuses, m.Job.Status)
+		if m.Job.Status == "passed" {
+			break
+		}
+	}
+	if got := strings.Join(statuses, " "); got != "queued running passed" {
+		t.Fatalf("changes %q, want \"queued running passed\"", got)
 	}
 }

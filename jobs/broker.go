@@ -15,13 +15,17 @@ const DefaultSubscriptionBuffer = 256
 // subscribes again (see Subscription). The zero value is not usable; use
 // NewBroker.
 type Broker struct {
-	mu   sync.Mutex
-	subs map[string]map[*Subscription]struct{}
+	mu      sync.Mutex
+	subs    map[string]map[*Subscription]struct{}
+	jobSubs map[*JobSubscription]struct{}
 }
 
 // NewBroker returns an empty broker.
 func NewBroker() *Broker {
-	return &Broker{subs: make(map[string]map[*Subscription]struct{})}
+	return &Broker{
+		subs:    make(map[string]map[*Subscription]struct{}),
+		jobSubs: make(map[*JobSubscription]struct{}),
+	}
 }
 
 // Subscription receives the events of one job published after it was made.
@@ -105,4 +109,62 @@ func (s *Subscription) closeLocked() {
 	if len(m) == 0 {
 		delete(s.b.subs, s.jobID)
 	}
+}
+
+// JobSubscription receives a snapshot of a job each time any job is
+// created or changes status, after the change is persisted.
+type JobSubscription struct {
+	// C delivers jobs in the order of their changes. It is closed on
+	// overflow (the reader was too slow: some changes were not delivered)
+	// or by Close.
+	C <-chan Job
+
+	c      chan Job
+	b      *Broker
+	closed bool // guarded by b.mu
+}
+
+// SubscribeJobs returns a subscription to changes of every job, with room
+// for buffer undelivered changes (DefaultSubscriptionBuffer when <= 0).
+func (b *Broker) SubscribeJobs(buffer int) *JobSubscription {
+	if buffer <= 0 {
+		buffer = DefaultSubscriptionBuffer
+	}
+	c := make(chan Job, buffer)
+	s := &JobSubscription{C: c, c: c, b: b}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.jobSubs[s] = struct{}{}
+	return s
+}
+
+// PublishJob tells job subscribers about a persisted change of job,
+// without blocking.
+func (b *Broker) PublishJob(job Job) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for s := range b.jobSubs {
+		select {
+		case s.c <- job:
+		default:
+			s.closeLocked()
+		}
+	}
+}
+
+// Close ends the subscription and closes C. It is safe to call more than
+// once.
+func (s *JobSubscription) Close() {
+	s.b.mu.Lock()
+	defer s.b.mu.Unlock()
+	s.closeLocked()
+}
+
+func (s *JobSubscription) closeLocked() {
+	if s.closed {
+		return
+	}
+	s.closed = true
+	close(s.c)
+	delete(s.b.jobSubs, s)
 }

@@ -181,10 +181,14 @@ func (r *recorder) run() {
 			}
 			n := min(len(r.pending), maxBatch)
 			batch := make([]Event, n)
+			var changes []Job // the job after each status change, for PublishJob
 			for i, pe := range r.pending[:n] {
 				batch[i] = pe.ev
 				if pe.job != nil {
 					r.saved = *pe.job
+					change := *pe.job
+					change.LastSeq = pe.ev.Seq
+					changes = append(changes, change)
 				}
 			}
 			r.pending = r.pending[n:]
@@ -208,6 +212,9 @@ func (r *recorder) run() {
 				continue
 			}
 			r.broker.Publish(snap.ID, batch)
+			for _, change := range changes {
+				r.broker.PublishJob(change)
+			}
 		}
 	}
 }

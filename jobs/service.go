@@ -167,6 +167,7 @@ func (s *Service) Submit(ctx context.Context, r io.Reader, opts SubmitOptions) (
 		return nil, fmt.Errorf("create job: %w", err)
 	}
 	s.log.Info("job queued", "job", job.ID, "size", size, "args", job.Args)
+	s.broker.PublishJob(*job)
 	s.mu.Lock()
 	s.queue = append(s.queue, job.ID)
 	s.mu.Unlock()
@@ -300,6 +301,52 @@ func (s *Service) follow(ctx context.Context, sub *Subscription, id string, last
 			}
 			if done, err := deliver(ev); done || err != nil {
 				return done, err
+			}
+		}
+	}
+}
+
+// WatchJobs calls fn first with a snapshot of the newest jobs (at most
+// limit), then with each job as it is created or changes status, until ctx
+// ends (it returns ctx's error) or fn fails. It subscribes before it reads
+// the snapshot, so no change is missed; a change may repeat what the
+// snapshot shows, and watchers should keep, per job, the state with the
+// highest LastSeq. A watcher that falls behind gets a fresh snapshot
+// instead of the changes it missed: memory stays bounded.
+func (s *Service) WatchJobs(ctx context.Context, limit int, fn func(snapshot []*Job, change *Job) error) error {
+	for {
+		sub := s.broker.SubscribeJobs(s.cfg.SubscriptionBuffer)
+		err := s.watchJobs(ctx, sub, limit, fn)
+		sub.Close()
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// watchJobs sends one snapshot and then changes until sub overflows (nil)
+// or an error.
+func (s *Service) watchJobs(ctx context.Context, sub *JobSubscription, limit int, fn func([]*Job, *Job) error) error {
+	snapshot, err := s.store.Jobs(ctx, ListOptions{Limit: limit})
+	if err != nil {
+		return fmt.Errorf("list jobs: %w", err)
+	}
+	if snapshot == nil {
+		snapshot = []*Job{}
+	}
+	if err := fn(snapshot, nil); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case job, ok := <-sub.C:
+			if !ok {
+				return nil // overflowed: send a fresh snapshot
+			}
+			if err := fn(nil, &job); err != nil {
+				return err
 			}
 		}
 	}

@@ -400,3 +400,101 @@ func TestFollowFromTheEnd(t *testing.T) {
 		}
 	}
 }
+
+// TestWatchJobs checks the job-list feed: a snapshot, then every status
+// change of every job, persisted before it is announced.
+func TestWatchJobs(t *testing.T) {
+	env := newTestService(t, funcExec(func(ctx context.Context, spec Spec, out Output) (Result, error) {
+		out.Write(StreamStdout, []byte("x"))
+		return Result{ExitCode: 1}, nil
+	}), 1)
+	old := env.submit(t)
+	collect(t, env.svc, old.ID, 0)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type msg struct {
+		snapshot []*Job
+		change   *Job
+	}
+	msgs := make(chan msg, 100)
+	done := make(chan error, 1)
+	go func() {
+		done <- env.svc.WatchJobs(ctx, 10, func(snapshot []*Job, change *Job) error {
+			msgs <- msg{snapshot, change}
+			return nil
+		})
+	}()
+	first := <-msgs
+	if len(first.snapshot) != 1 || first.snapshot[0].ID != old.ID || first.snapshot[0].Status != StatusFailed {
+		t.Fatalf("snapshot %+v, want the one failed job", first.snapshot)
+	}
+	job := env.submit(t)
+	var statuses []Status
+	for len(statuses) == 0 || !statuses[len(statuses)-1].Terminal() {
+		m := <-msgs
+		if m.change == nil || m.change.ID != job.ID {
+			t.Fatalf("got %+v, want a change of %s", m, job.ID)
+		}
+		stored, _ := env.store.Job(context.Background(), job.ID)
+		if stored.LastSeq < m.change.LastSeq {
+			t.Fatalf("announced last_seq %d before it was stored (%d)", m.change.LastSeq, stored.LastSeq)
+		}
+		statuses = append(statuses, m.change.Status)
+	}
+	if got := fmt.Sprint(statuses); got != "[queued running failed]" {
+		t.Fatalf("changes %s, want [queued running failed]", got)
+	}
+	cancel()
+	if err := <-done; err != context.Canceled {
+		t.Fatalf("WatchJobs returned %v, want context.Canceled", err)
+	}
+}
+
+// TestWatchJobsSlowWatcherGetsSnapshot checks the overflow policy: a
+// watcher that falls behind gets a fresh snapshot, not unbounded memory.
+func TestWatchJobsSlowWatcherGetsSnapshot(t *testing.T) {
+	st := newMemStore()
+	env := &testEnv{store: st, arch: &dirArchives{dir: t.TempDir()}}
+	env.svc = NewService(st, env.arch, funcExec(func(context.Context, Spec, Output) (Result, error) { return Result{}, nil }), Config{Concurrency: 1, SubscriptionBuffer: 1})
+	if err := env.svc.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer env.svc.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	gate := make(chan struct{})
+	snapshots := make(chan []*Job, 10)
+	n := 0
+	go env.svc.WatchJobs(ctx, 100, func(snapshot []*Job, change *Job) error {
+		if snapshot != nil {
+			snapshots <- snapshot
+			n++
+			if n == 1 {
+				<-gate // stall after the first snapshot while jobs change
+			}
+		}
+		return nil
+	})
+	if s := <-snapshots; len(s) != 0 {
+		t.Fatalf("first snapshot has %d jobs, want 0", len(s))
+	}
+	var ids []string
+	for range 3 {
+		j := env.submit(t)
+		ids = append(ids, j.ID)
+		collect(t, env.svc, j.ID, 0)
+	}
+	close(gate)
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case s := <-snapshots:
+			if len(s) == 3 && s[0].Status == StatusPassed && s[2].Status == StatusPassed {
+				return // a fresh snapshot with every job in its final state
+			}
+		case <-deadline:
+			t.Fatal("no fresh snapshot after the watcher fell behind")
+		}
+	}
+}

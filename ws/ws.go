@@ -22,6 +22,7 @@ import (
 type Source interface {
 	Job(ctx context.Context, id string) (*jobs.Job, error)
 	Follow(ctx context.Context, id string, after int64, fn func(jobs.Event) error) error
+	WatchJobs(ctx context.Context, limit int, fn func(snapshot []*jobs.Job, change *jobs.Job) error) error
 }
 
 // Defaults of a Handler.
@@ -97,6 +98,63 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	log := h.log.With("job", id)
+	log.Debug("events stream opened", "after", after)
+	h.stream(w, r, log, func(ctx context.Context, write func(v any) error) error {
+		return h.src.Follow(ctx, id, after, func(ev jobs.Event) error { return write(ev) })
+	})
+}
+
+// Job list feed limits.
+const (
+	defaultJobsLimit = 50
+	maxJobsLimit     = 1000
+)
+
+// snapshotMessage and changeMessage are the messages of the job list feed.
+type snapshotMessage struct {
+	Type string      `json:"type"` // "snapshot"
+	Jobs []*jobs.Job `json:"jobs"`
+}
+
+type changeMessage struct {
+	Type string    `json:"type"` // "job"
+	Job  *jobs.Job `json:"job"`
+}
+
+// ServeJobs serves GET /api/v1/events?limit=N, the feed of job status
+// changes: first {"type":"snapshot","jobs":[...newest first...]}, then
+// {"type":"job","job":{...}} for every job created or changing status. A
+// client that falls behind gets a fresh snapshot. The stream ends only
+// when the client leaves or the server shuts down (1001).
+func (h *Handler) ServeJobs(w http.ResponseWriter, r *http.Request) {
+	limit := defaultJobsLimit
+	if s := r.URL.Query().Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > maxJobsLimit {
+			writeError(w, http.StatusBadRequest, jobs.EINVALID, "limit must be an integer from 1 to "+strconv.Itoa(maxJobsLimit)+", got "+strconv.Quote(s))
+			return
+		}
+		limit = n
+	}
+	if h.ctx.Err() != nil {
+		writeError(w, http.StatusServiceUnavailable, jobs.EUNAVAILABLE, "server is shutting down")
+		return
+	}
+	h.stream(w, r, h.log.With("stream", "jobs"), func(ctx context.Context, write func(v any) error) error {
+		return h.src.WatchJobs(ctx, limit, func(snapshot []*jobs.Job, change *jobs.Job) error {
+			if change != nil {
+				return write(changeMessage{Type: "job", Job: change})
+			}
+			return write(snapshotMessage{Type: "snapshot", Jobs: snapshot})
+		})
+	})
+}
+
+// stream upgrades the request and runs produce, which writes JSON messages
+// with write until it returns. A nil return closes the stream normally
+// (1000); server shutdown closes it with 1001.
+func (h *Handler) stream(w http.ResponseWriter, r *http.Request, log *slog.Logger, produce func(ctx context.Context, write func(v any) error) error) {
 	c, err := websocket.Accept(w, r, nil)
 	if err != nil {
 		return // Accept has written the HTTP error
@@ -115,10 +173,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	go h.ping(ctx, c)
 
-	log := h.log.With("job", id)
-	log.Debug("events stream opened", "after", after)
-	err = h.src.Follow(ctx, id, after, func(ev jobs.Event) error {
-		b, err := json.Marshal(ev)
+	err = produce(ctx, func(v any) error {
+		b, err := json.Marshal(v)
 		if err != nil {
 			return err
 		}
@@ -131,15 +187,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	})
 	switch {
 	case err == nil:
-		c.Close(websocket.StatusNormalClosure, "job ended")
+		c.Close(websocket.StatusNormalClosure, "end of stream")
 	case h.ctx.Err() != nil:
 		c.Close(websocket.StatusGoingAway, "server shutting down")
 	case errors.Is(err, context.Canceled) || websocket.CloseStatus(err) != -1:
 		// The client went away: a normal ending.
 	case errors.Is(err, context.DeadlineExceeded):
-		log.Info("events stream: write timed out; dropping the client")
+		log.Info("stream: write timed out; dropping the client")
 	default:
-		log.Error("events stream", "err", err)
+		log.Error("stream", "err", err)
 		c.Close(websocket.StatusInternalError, "internal error")
 	}
 }

@@ -52,6 +52,18 @@ func (s *stubSource) Follow(ctx context.Context, id string, after int64, fn func
 	return nil
 }
 
+// WatchJobs sends a snapshot, then the stub's job changes, then waits.
+func (s *stubSource) WatchJobs(ctx context.Context, limit int, fn func([]*jobs.Job, *jobs.Job) error) error {
+	if err := fn([]*jobs.Job{{ID: "j1", Status: jobs.StatusQueued, LastSeq: 1}}, nil); err != nil {
+		return err
+	}
+	if err := fn(nil, &jobs.Job{ID: "j1", Status: jobs.StatusRunning, LastSeq: 2}); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
 func testEvents() []jobs.Event {
 	code := 0
 	return []jobs.Event{
@@ -68,6 +80,7 @@ func serve(t *testing.T, src ws.Source) (*httptest.Server, *ws.Handler) {
 	h := ws.NewHandler(src, nil)
 	mux := http.NewServeMux()
 	mux.Handle("GET /api/v1/jobs/{id}/events", h)
+	mux.HandleFunc("GET /api/v1/events", h.ServeJobs)
 	srv := httptest.NewServer(mux)
 	t.Cleanup(func() { h.Close(); srv.Close() })
 	return srv, h
@@ -176,5 +189,52 @@ func TestEventsCloseGoingAwayOnShutdown(t *testing.T) {
 	<-closed
 	if status != websocket.StatusGoingAway {
 		t.Fatalf("close status %v, want 1001", status)
+	}
+}
+
+func TestJobsFeedSnapshotThenChanges(t *testing.T) {
+	srv, h := serve(t, &stubSource{events: testEvents()})
+	c, _, err := dial(t, srv, "/api/v1/events?limit=5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var msgs []map[string]any
+	for range 2 {
+		_, b, err := c.Read(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]any
+		json.Unmarshal(b, &m)
+		msgs = append(msgs, m)
+	}
+	snap, _ := msgs[0]["jobs"].([]any)
+	if msgs[0]["type"] != "snapshot" || len(snap) != 1 {
+		t.Fatalf("first message %v, want a snapshot of one job", msgs[0])
+	}
+	job, _ := msgs[1]["job"].(map[string]any)
+	if msgs[1]["type"] != "job" || job["status"] != "running" || job["last_seq"] != 2.0 {
+		t.Fatalf("second message %v, want a change to running with last_seq 2", msgs[1])
+	}
+	closed := make(chan struct{})
+	go func() { h.Close(); close(closed) }()
+	_, status := readAll(t, c)
+	<-closed
+	if status != websocket.StatusGoingAway {
+		t.Fatalf("close status %v on shutdown, want 1001", status)
+	}
+}
+
+func TestJobsFeedBadLimit(t *testing.T) {
+	srv, _ := serve(t, &stubSource{})
+	resp, err := http.Get(srv.URL + "/api/v1/events?limit=0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("status %d, want 400", resp.StatusCode)
 	}
 }

@@ -176,6 +176,7 @@ func (m *Main) Run(ctx context.Context) error {
 	m.events = ws.NewHandler(m.service, m.Log.With("component", "ws"))
 	handler := api.NewHandler(m.service, api.Config{
 		Events:    m.events,
+		JobEvents: http.HandlerFunc(m.events.ServeJobs),
 		UI:        webui.Handler(),
 		MaxUpload: m.MaxUpload,
 		Logger:    m.Log.With("component", "api"),
