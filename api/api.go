@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"time"
 
+	"ci/internal/ansi"
 	"ci/jobs"
 )
 
@@ -200,9 +201,19 @@ func (h *Handler) list(w http.ResponseWriter, r *http.Request) {
 }
 
 // logText writes all output of a job so far as plain text, stdout and
-// stderr interleaved as they were recorded.
+// stderr interleaved as they were recorded. ANSI escape sequences (pytest
+// runs with colour on) are stripped unless ?ansi=keep.
 func (h *Handler) logText(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
+	var out io.Writer = w
+	switch r.URL.Query().Get("ansi") {
+	case "", "strip":
+		out = ansi.NewWriter(w)
+	case "keep":
+	default:
+		writeError(w, http.StatusBadRequest, jobs.EINVALID, "ansi must be strip or keep, got "+strconv.Quote(r.URL.Query().Get("ansi")))
+		return
+	}
 	if _, err := h.svc.Job(r.Context(), id); err != nil {
 		h.error(w, r, err)
 		return
@@ -220,7 +231,7 @@ func (h *Handler) logText(w http.ResponseWriter, r *http.Request) {
 		for _, ev := range evs {
 			after = ev.Seq
 			if ev.Type == jobs.EventLog {
-				if _, err := io.WriteString(w, ev.Text); err != nil {
+				if _, err := io.WriteString(out, ev.Text); err != nil {
 					return
 				}
 			}

@@ -361,3 +361,39 @@ func TestJobFeed(t *testing.T) {
 		t.Fatalf("changes %q, want \"queued running passed\"", got)
 	}
 }
+
+// TestLogStripsANSI checks the plain-text log: colour codes are removed
+// by default, even when split across events, and kept on request.
+func TestLogStripsANSI(t *testing.T) {
+	e := newEnv(t, 0)
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	w, _ := zw.Create(executor.FakeScript)
+	io.WriteString(w, "stdout \"\\x1b[3\"\nstdout \"1mred\\x1b[0m\\n\"\n")
+	zw.Close()
+	j := e.submit(t, buf.Bytes(), "")
+	e.wait(t, j.ID)
+	for query, want := range map[string]string{
+		"":            "red\n",
+		"?ansi=strip": "red\n",
+		"?ansi=keep":  "\x1b[31mred\x1b[0m\n",
+	} {
+		resp, err := http.Get(e.srv.URL + "/api/v1/jobs/" + j.ID + "/log" + query)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != want {
+			t.Errorf("log%s = %q, want %q", query, b, want)
+		}
+	}
+	resp, err := http.Get(e.srv.URL + "/api/v1/jobs/" + j.ID + "/log?ansi=maybe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("ansi=maybe: status %d, want 400", resp.StatusCode)
+	}
+}

@@ -39,6 +39,9 @@ func TestSubmitFixtures(t *testing.T) {
 					t.Errorf("stdout lacks %q:\n%s", want, r.stdout)
 				}
 			}
+			if strings.Contains(r.stdout, "\x1b") {
+				t.Errorf("piped stdout holds escape codes (colour must be stripped on a pipe):\n%q", r.stdout)
+			}
 			if !regexp.MustCompile(`Job \S+ submitted: http://\S+/jobs/\S+`).MatchString(r.stderr) {
 				t.Errorf("stderr lacks the job id and web URL:\n%s", r.stderr)
 			}

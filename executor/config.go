@@ -31,6 +31,9 @@ func containerConfig(spec jobs.Spec, image string) (*container.Config, *containe
 			// Output reaches the attach stream as it is written, not when
 			// a block buffer fills.
 			"PYTHONUNBUFFERED=1",
+			// Colour on: the web page renders it, and the CLI strips it
+			// when it prints to a pipe. A user's --color=no still wins.
+			"PY_COLORS=1",
 		},
 		Labels: map[string]string{LabelJob: spec.JobID},
 		// stdout and stderr are kept apart: no TTY, no stdin.

@@ -14,6 +14,7 @@ func TestContainerConfig(t *testing.T) {
 		"PYTHONPATH=/workspace/src:/workspace",
 		"PYTHONDONTWRITEBYTECODE=1",
 		"PYTHONUNBUFFERED=1",
+		"PY_COLORS=1",
 	}
 	tests := []struct {
 		name    string

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"ci/client"
+	"ci/internal/ansi"
 )
 
 // cli holds what every command needs.
@@ -334,14 +335,16 @@ func (c *cli) wait(ctx context.Context, args []string) int {
 // ends, and returns ci's exit code for its end.
 func (c *cli) follow(ctx context.Context, id string, after int64) int {
 	last := after
+	// pytest runs with colour on; a pipe or a file gets clean text.
+	stdout, stderr := colorWriter(c.stdout), colorWriter(c.stderr)
 	term, err := c.client().Follow(ctx, id, after, func(ev client.Event) error {
 		last = ev.Seq
 		if ev.Type != client.EventLog {
 			return nil
 		}
-		w := c.stdout
+		w := stdout
 		if ev.Stream == client.StreamStderr {
-			w = c.stderr
+			w = stderr
 		}
 		if _, err := io.WriteString(w, ev.Text); err != nil {
 			return fmt.Errorf("write output: %w", err)
@@ -461,4 +464,27 @@ func formatDuration(d time.Duration) string {
 		return d.Round(100 * time.Millisecond).String()
 	}
 	return d.Round(time.Second).String()
+}
+
+// colorWriter returns w itself when it is a terminal that wants colour, and
+// otherwise a writer that strips ANSI escape sequences. NO_COLOR (any
+// value) turns colour off; CI_COLOR=always keeps it even on a pipe.
+func colorWriter(w io.Writer) io.Writer {
+	if os.Getenv("CI_COLOR") == "always" {
+		return w
+	}
+	if os.Getenv("NO_COLOR") == "" && os.Getenv("CI_COLOR") != "never" && isTerminal(w) {
+		return w
+	}
+	return ansi.NewWriter(w)
+}
+
+// isTerminal reports whether w is a character device (a terminal).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }

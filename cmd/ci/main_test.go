@@ -424,3 +424,22 @@ func TestHelp(t *testing.T) {
 		}
 	}
 }
+
+// TestColourOnPipes checks that colour codes (split across events) are
+// stripped when output is not a terminal, and kept with CI_COLOR=always.
+func TestColourOnPipes(t *testing.T) {
+	f := newFakeServer(t)
+	f.setEvents([]client.Event{
+		{Type: "log", Stream: "stdout", Text: "\x1b[3"},
+		{Type: "log", Stream: "stdout", Text: "2mPASSED\x1b[0m\n"},
+	}, "passed", intp(0), "")
+	code, stdout, _ := runCLI(t, testContext(t), "wait", "J1", "--server", f.srv.URL)
+	if code != 0 || stdout != "PASSED\n" {
+		t.Fatalf("piped: exit %d, stdout %q, want 0 and \"PASSED\\n\"", code, stdout)
+	}
+	t.Setenv("CI_COLOR", "always")
+	code, stdout, _ = runCLI(t, testContext(t), "wait", "J1", "--server", f.srv.URL)
+	if code != 0 || stdout != "\x1b[32mPASSED\x1b[0m\n" {
+		t.Fatalf("CI_COLOR=always: exit %d, stdout %q, want the colour codes kept", code, stdout)
+	}
+}
