@@ -23,6 +23,7 @@ type Service interface {
 	Job(ctx context.Context, id string) (*jobs.Job, error)
 	Jobs(ctx context.Context, opts jobs.ListOptions) ([]*jobs.Job, error)
 	Events(ctx context.Context, id string, after int64, limit int) ([]jobs.Event, error)
+	Cancel(ctx context.Context, id string) (*jobs.Job, error)
 }
 
 // Config holds the parts and limits of the API.
@@ -72,6 +73,7 @@ func NewHandler(svc Service, cfg Config) *Handler {
 	m.HandleFunc("GET /api/v1/jobs", h.list)
 	m.HandleFunc("GET /api/v1/jobs/{id}", h.job)
 	m.HandleFunc("GET /api/v1/jobs/{id}/log", h.logText)
+	m.HandleFunc("POST /api/v1/jobs/{id}/cancel", h.cancel)
 	if cfg.Events != nil {
 		m.Handle("GET /api/v1/jobs/{id}/events", cfg.Events)
 	}
@@ -81,7 +83,7 @@ func NewHandler(svc Service, cfg Config) *Handler {
 	m.HandleFunc("GET /healthz", h.health)
 	// Known paths with a wrong method, and unknown API paths, answer in
 	// JSON like every other API error.
-	for _, p := range []string{"/api/v1/jobs", "/api/v1/jobs/{id}", "/api/v1/jobs/{id}/log", "/api/v1/jobs/{id}/events", "/api/v1/events", "/healthz"} {
+	for _, p := range []string{"/api/v1/jobs", "/api/v1/jobs/{id}", "/api/v1/jobs/{id}/log", "/api/v1/jobs/{id}/cancel", "/api/v1/jobs/{id}/events", "/api/v1/events", "/healthz"} {
 		m.HandleFunc(p, func(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusMethodNotAllowed, jobs.EINVALID, "method "+r.Method+" is not allowed on "+r.URL.Path)
 		})
@@ -103,6 +105,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // jobView is a job as the API shows it: with the URLs to follow it.
 type jobView struct {
 	*jobs.Job
+	// Timeout is the job's time limit as a Go duration ("30m0s").
+	Timeout   string `json:"timeout,omitempty"`
 	EventsURL string `json:"events_url"`
 	WebURL    string `json:"web_url"`
 }
@@ -115,8 +119,13 @@ func (h *Handler) view(r *http.Request, j *jobs.Job) jobView {
 	if r.TLS != nil || r.Header.Get("X-Forwarded-Proto") == "https" {
 		scheme, wsScheme = "https", "wss"
 	}
+	var timeout string
+	if j.Timeout > 0 {
+		timeout = j.Timeout.String()
+	}
 	return jobView{
 		Job:       j,
+		Timeout:   timeout,
 		EventsURL: wsScheme + "://" + r.Host + "/api/v1/jobs/" + j.ID + "/events",
 		WebURL:    scheme + "://" + r.Host + "/jobs/" + j.ID,
 	}
@@ -143,9 +152,21 @@ func (h *Handler) submit(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusRequestEntityTooLarge, jobs.EINVALID, tooLarge(h.cfg.MaxUpload))
 		return
 	}
+	opts := jobs.SubmitOptions{Args: r.URL.Query()["args"]}
+	if s := r.URL.Query().Get("timeout"); s != "" {
+		d, err := parseTimeout(s)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, jobs.EINVALID, err.Error())
+			return
+		}
+		opts.Timeout = d
+	}
 	body := http.MaxBytesReader(w, r.Body, h.cfg.MaxUpload)
-	job, err := h.svc.Submit(r.Context(), body, jobs.SubmitOptions{Args: r.URL.Query()["args"]})
+	job, err := h.svc.Submit(r.Context(), body, opts)
 	if err != nil {
+		if jobs.ErrorCode(err) == jobs.EUNAVAILABLE {
+			w.Header().Set("Retry-After", "10")
+		}
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			writeError(w, http.StatusRequestEntityTooLarge, jobs.EINVALID, tooLarge(h.cfg.MaxUpload))
@@ -156,6 +177,32 @@ func (h *Handler) submit(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Location", "/api/v1/jobs/"+job.ID)
 	writeJSON(w, http.StatusCreated, h.view(r, job))
+}
+
+// parseTimeout reads a job time limit: a Go duration ("90s", "10m") or a
+// number of seconds.
+func parseTimeout(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		n, nerr := strconv.ParseFloat(s, 64)
+		if nerr != nil {
+			return 0, errors.New("timeout must be a duration such as 90s or 10m, got " + strconv.Quote(s))
+		}
+		d = time.Duration(n * float64(time.Second))
+	}
+	if d <= 0 {
+		return 0, errors.New("timeout must be positive, got " + strconv.Quote(s))
+	}
+	return d, nil
+}
+
+func (h *Handler) cancel(w http.ResponseWriter, r *http.Request) {
+	job, err := h.svc.Cancel(r.Context(), r.PathValue("id"))
+	if err != nil {
+		h.error(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, h.view(r, job))
 }
 
 func tooLarge(limit int64) string {

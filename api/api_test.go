@@ -397,3 +397,57 @@ func TestLogStripsANSI(t *testing.T) {
 		t.Fatalf("ansi=maybe: status %d, want 400", resp.StatusCode)
 	}
 }
+
+func TestCancelAndTimeoutParams(t *testing.T) {
+	e := newEnv(t, 0)
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	w, _ := zw.Create(executor.FakeScript)
+	io.WriteString(w, "stdout \"started\\n\"\nblock\n")
+	zw.Close()
+	j := e.submit(t, buf.Bytes(), "?timeout=90s")
+	var got struct {
+		jobJSON
+		Timeout string `json:"timeout"`
+	}
+	getJSON(t, e.srv.URL+"/api/v1/jobs/"+j.ID, http.StatusOK, &got)
+	if got.Timeout != "1m30s" {
+		t.Fatalf("timeout %q, want 1m30s", got.Timeout)
+	}
+	resp, err := http.Post(e.srv.URL+"/api/v1/jobs/"+j.ID+"/cancel", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("cancel: status %d, want 200", resp.StatusCode)
+	}
+	e.wait(t, j.ID)
+	getJSON(t, e.srv.URL+"/api/v1/jobs/"+j.ID, http.StatusOK, &got)
+	if got.Status != "canceled" {
+		t.Fatalf("status %s after cancel, want canceled", got.Status)
+	}
+	for path, want := range map[string]int{
+		"/api/v1/jobs/" + j.ID + "/cancel": http.StatusConflict,
+		"/api/v1/jobs/nope/cancel":         http.StatusNotFound,
+	} {
+		resp, err := http.Post(e.srv.URL+path, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Fatalf("POST %s: %d, want %d", path, resp.StatusCode, want)
+		}
+	}
+	for _, bad := range []string{"soon", "-5s", "0"} {
+		resp, err := http.Post(e.srv.URL+"/api/v1/jobs?timeout="+bad, "application/zip", bytes.NewReader(project(t, 1, 0)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Fatalf("timeout=%s: status %d, want 400", bad, resp.StatusCode)
+		}
+	}
+}

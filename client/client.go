@@ -216,9 +216,26 @@ func (c *Client) do(req *http.Request, v any, ok ...int) error {
 // whole; if body is an io.Closer it is closed. It returns the job as
 // created (status queued).
 func (c *Client) Submit(ctx context.Context, body io.Reader, args []string) (*Job, error) {
+	return c.SubmitWith(ctx, body, SubmitOptions{Args: args})
+}
+
+// SubmitOptions are the choices of a submitted job.
+type SubmitOptions struct {
+	// Args are passed to pytest.
+	Args []string
+	// Timeout limits how long the tests may run; 0 means the server's
+	// maximum (a longer one is capped to it by the server).
+	Timeout time.Duration
+}
+
+// SubmitWith is Submit with all options.
+func (c *Client) SubmitWith(ctx context.Context, body io.Reader, opts SubmitOptions) (*Job, error) {
 	q := url.Values{}
-	for _, a := range args {
+	for _, a := range opts.Args {
 		q.Add("args", a)
+	}
+	if opts.Timeout > 0 {
+		q.Set("timeout", opts.Timeout.String())
 	}
 	u, err := c.endpoint(q, "api", "v1", "jobs")
 	if err != nil {
@@ -233,6 +250,27 @@ func (c *Client) Submit(ctx context.Context, body io.Reader, args []string) (*Jo
 	var j Job
 	if err := c.do(req, &j, http.StatusCreated, http.StatusOK); err != nil {
 		return nil, fmt.Errorf("submit: %w", err)
+	}
+	return &j, nil
+}
+
+// Cancel asks the server to cancel job id and returns the job as it is
+// then: a queued job is canceled at once, a running one stops within the
+// server's grace period. A job that has already ended gives an *Error with
+// code "conflict".
+func (c *Client) Cancel(ctx context.Context, id string) (*Job, error) {
+	u, err := c.endpoint(nil, "api", "v1", "jobs", id, "cancel")
+	if err != nil {
+		return nil, fmt.Errorf("cancel: %w", err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
+	if err != nil {
+		return nil, fmt.Errorf("cancel: %w", err)
+	}
+	req.Header.Set("Accept", "application/json")
+	var j Job
+	if err := c.do(req, &j, http.StatusOK); err != nil {
+		return nil, fmt.Errorf("cancel: %w", err)
 	}
 	return &j, nil
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -10,6 +11,10 @@ import (
 	"time"
 
 	"ci/client"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	dockerclient "github.com/docker/docker/client"
 )
 
 // TestSubmitFixtures runs `ci submit test` on each fixture project and
@@ -268,5 +273,101 @@ func TestMissingImage(t *testing.T) {
 	r := s.ci(t, fixture(t, "passing"), "submit", "test")
 	if r.code != 125 || !strings.Contains(r.stderr, "localhost:1/ci-missing:latest") || !strings.Contains(r.stderr, "scripts/build-image") {
 		t.Fatalf("exit %d, want 125 naming the image and scripts/build-image:\n%s", r.code, r.stderr)
+	}
+}
+
+// containersOf returns how many containers (running or not) carry the
+// job's label.
+func containersOf(t *testing.T, id string) int {
+	t.Helper()
+	cli, err := dockerclient.NewClientWithOpts(dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	list, err := cli.ContainerList(context.Background(), container.ListOptions{
+		All:     true,
+		Filters: filters.NewArgs(filters.Arg("label", "ci.job="+id)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(list)
+}
+
+var submittedRE = regexp.MustCompile(`Job (\S+) submitted`)
+
+// TestTimeoutAndCancel runs the slow fixture past a short time limit, and
+// cancels it running and queued: exit codes 124 and 130, and no container
+// left behind.
+func TestTimeoutAndCancel(t *testing.T) {
+	needEngine(t)
+	s := startServer(t, t.TempDir(), "--concurrency", "1")
+
+	r := s.ci(t, fixture(t, "slow"), "submit", "test", "--timeout", "3s")
+	m := submittedRE.FindStringSubmatch(r.stderr)
+	if r.code != 124 || m == nil || !strings.Contains(r.stderr, "time limit of 3s") {
+		t.Fatalf("timeout: exit %d, want 124 naming the 3s limit:\n%s", r.code, r.stderr)
+	}
+	if n := containersOf(t, m[1]); n != 0 {
+		t.Fatalf("%d containers left behind by the timed-out job", n)
+	}
+
+	running := jobIDFromAsync(t, s.ci(t, fixture(t, "slow"), "submit", "test", "--async"))
+	waitStatus(t, s, running, "running")
+	queued := jobIDFromAsync(t, s.ci(t, fixture(t, "passing"), "submit", "test", "--async"))
+	if r := s.ci(t, t.TempDir(), "cancel", queued); r.code != 0 || !strings.Contains(r.stdout, "canceled") {
+		t.Fatalf("cancel queued: exit %d:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if r := s.ci(t, t.TempDir(), "wait", queued); r.code != 130 || r.stdout != "" {
+		t.Fatalf("wait canceled queued job: exit %d, stdout %q; want 130 and no output", r.code, r.stdout)
+	}
+	if r := s.ci(t, t.TempDir(), "cancel", running); r.code != 0 {
+		t.Fatalf("cancel running: exit %d:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if r := s.ci(t, t.TempDir(), "wait", running); r.code != 130 || !strings.Contains(r.stderr, "canceled by user") {
+		t.Fatalf("wait canceled running job: exit %d, want 130:\n%s", r.code, r.stderr)
+	}
+	if n := containersOf(t, running); n != 0 {
+		t.Fatalf("%d containers left behind by the canceled job", n)
+	}
+	if r := s.ci(t, t.TempDir(), "cancel", running); r.code != 1 || !strings.Contains(r.stderr, "already ended") {
+		t.Fatalf("cancel an ended job: exit %d, want 1 saying it already ended:\n%s", r.code, r.stderr)
+	}
+}
+
+// TestCtrlCCancelsSubmit sends SIGINT to a synchronous `ci submit test`:
+// the job is canceled and ci exits 130 once it has ended.
+func TestCtrlCCancelsSubmit(t *testing.T) {
+	needEngine(t)
+	s := startServer(t, t.TempDir())
+	cmd := exec.Command(filepath.Join(bin, "ci"), "submit", "test", "--server", s.url)
+	cmd.Dir = fixture(t, "slow")
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var id string
+	waitFor(t, func() bool {
+		m := submittedRE.FindStringSubmatch(stderr.String())
+		if m != nil {
+			id = m[1]
+		}
+		return m != nil
+	})
+	waitStatus(t, s, id, "running")
+	cmd.Process.Signal(os.Interrupt)
+	err := cmd.Wait()
+	ee, ok := err.(*exec.ExitError)
+	if !ok || ee.ExitCode() != 130 {
+		t.Fatalf("ci after Ctrl-C: %v, want exit 130\n%s", err, stderr.String())
+	}
+	j, err := client.New(s.url).Job(context.Background(), id)
+	if err != nil || j.Status != "canceled" {
+		t.Fatalf("job after Ctrl-C: %+v %v, want canceled", j, err)
+	}
+	if n := containersOf(t, id); n != 0 {
+		t.Fatalf("%d containers left behind after Ctrl-C", n)
 	}
 }

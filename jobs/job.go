@@ -59,6 +59,9 @@ type Job struct {
 	Reason string `json:"reason,omitempty"`
 	// LastSeq is the seq of the job's newest persisted event.
 	LastSeq int64 `json:"last_seq"`
+	// Timeout is how long the tests may run before they are stopped and
+	// the job ends timed_out. It is set when the job is submitted.
+	Timeout time.Duration `json:"-"`
 }
 
 // EventType is the kind of an Event.
@@ -175,6 +178,9 @@ type Result struct {
 	// OOMKilled is true when the process was killed for exceeding its
 	// memory limit.
 	OOMKilled bool
+	// MemoryLimit is the memory limit in bytes the process ran with, when
+	// the executor knows it (0 otherwise), to explain an OOM kill.
+	MemoryLimit int64
 }
 
 // Executor runs a job's tests in an isolated environment.

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -21,14 +22,31 @@ type Config struct {
 	// SubscriptionBuffer is the broker buffer of each follower; 0 means
 	// DefaultSubscriptionBuffer.
 	SubscriptionBuffer int
+	// MaxTimeout caps every job's run time; 0 means DefaultMaxTimeout.
+	MaxTimeout time.Duration
+	// MaxQueued is the most jobs that may wait in the queue; past it,
+	// Submit refuses with EUNAVAILABLE. 0 means no limit.
+	MaxQueued int
 	// Logger receives the service's logs; nil discards them.
 	Logger *slog.Logger
 }
+
+// DefaultMaxTimeout is the default cap on a job's run time.
+const DefaultMaxTimeout = 30 * time.Minute
+
+// Causes of a job's context ending early.
+var (
+	errCanceled = errors.New("canceled by user")
+	errTimedOut = errors.New("time limit reached")
+)
 
 // SubmitOptions are a client's choices for one job.
 type SubmitOptions struct {
 	// Args are extra pytest arguments.
 	Args []string
+	// Timeout limits the run time of the tests; 0 means the server's
+	// maximum, and a longer one is capped to it.
+	Timeout time.Duration
 }
 
 // Service queues jobs, runs them on an Executor with bounded concurrency,
@@ -47,7 +65,7 @@ type Service struct {
 	mu      sync.Mutex
 	queue   []string             // IDs of queued jobs, oldest first
 	queued  chan struct{}        // capacity 1: the queue grew
-	running map[string]*recorder // recorders of running jobs
+	running map[string]*runningJob // jobs taken from the queue, by ID
 
 	ctx    context.Context // canceled by Close: stops workers and jobs
 	cancel context.CancelFunc
@@ -58,6 +76,9 @@ type Service struct {
 func NewService(store Store, archives Archives, exec Executor, cfg Config) *Service {
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = runtime.NumCPU()
+	}
+	if cfg.MaxTimeout <= 0 {
+		cfg.MaxTimeout = DefaultMaxTimeout
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -72,7 +93,7 @@ func NewService(store Store, archives Archives, exec Executor, cfg Config) *Serv
 		cfg:      cfg,
 		log:      log,
 		queued:   make(chan struct{}, 1),
-		running:  make(map[string]*recorder),
+		running:  make(map[string]*runningJob),
 		ctx:      ctx,
 		cancel:   cancel,
 	}
@@ -141,6 +162,21 @@ func (s *Service) Submit(ctx context.Context, r io.Reader, opts SubmitOptions) (
 			return nil, Errorf(EINVALID, "pytest argument %q contains a NUL byte", a)
 		}
 	}
+	timeout := opts.Timeout
+	switch {
+	case timeout < 0:
+		return nil, Errorf(EINVALID, "timeout must be positive, got %s", timeout)
+	case timeout == 0 || timeout > s.cfg.MaxTimeout:
+		timeout = s.cfg.MaxTimeout
+	}
+	if s.cfg.MaxQueued > 0 {
+		s.mu.Lock()
+		n := len(s.queue)
+		s.mu.Unlock()
+		if n >= s.cfg.MaxQueued {
+			return nil, Errorf(EUNAVAILABLE, "the queue is full (%d jobs waiting); try again later", n)
+		}
+	}
 	key, size, err := s.archives.Put(ctx, r)
 	if err != nil {
 		return nil, fmt.Errorf("store archive: %w", err)
@@ -161,6 +197,7 @@ func (s *Service) Submit(ctx context.Context, r io.Reader, opts SubmitOptions) (
 		ArchiveSize: size,
 		CreatedAt:   now,
 		LastSeq:     1,
+		Timeout:     timeout,
 	}
 	first := []Event{{Seq: 1, Time: now, Type: EventStatus, Status: StatusQueued}}
 	if err := s.store.CreateJob(ctx, job, first); err != nil {
@@ -359,25 +396,39 @@ func (s *Service) notify() {
 	}
 }
 
-// next takes the oldest queued job ID, waiting for one. It returns false
-// when the service is closing.
-func (s *Service) next() (string, bool) {
+// runningJob is a job a worker has taken from the queue.
+type runningJob struct {
+	ctx    context.Context // canceled (with a cause) to stop the job
+	cancel context.CancelCauseFunc
+}
+
+// next takes the oldest queued job ID, waiting for one, and registers it
+// as running in the same step, so Cancel always finds a job either in the
+// queue or running. It returns false when the service is closing.
+func (s *Service) next() (string, *runningJob, bool) {
 	for {
 		s.mu.Lock()
+		if s.ctx.Err() != nil {
+			s.mu.Unlock()
+			return "", nil, false // closing: leave the rest queued
+		}
 		if len(s.queue) > 0 {
 			id := s.queue[0]
 			s.queue = s.queue[1:]
+			ctx, cancel := context.WithCancelCause(s.ctx)
+			rj := &runningJob{ctx: ctx, cancel: cancel}
+			s.running[id] = rj
 			more := len(s.queue) > 0
 			s.mu.Unlock()
 			if more {
 				s.notify() // wake another worker for the rest
 			}
-			return id, true
+			return id, rj, true
 		}
 		s.mu.Unlock()
 		select {
 		case <-s.ctx.Done():
-			return "", false
+			return "", nil, false
 		case <-s.queued:
 		}
 	}
@@ -386,54 +437,111 @@ func (s *Service) next() (string, bool) {
 func (s *Service) worker() {
 	defer s.wg.Done()
 	for {
-		if s.ctx.Err() != nil {
-			return
-		}
-		id, ok := s.next()
+		id, rj, ok := s.next()
 		if !ok {
 			return
 		}
-		if s.ctx.Err() != nil {
-			// Closing: leave it queued for the next start.
-			return
-		}
-		job, err := s.store.Job(s.ctx, id)
-		if err != nil {
-			s.log.Error("load queued job", "job", id, "err", err)
-			continue
-		}
-		if job.Status != StatusQueued {
-			continue
-		}
-		s.run(job)
+		s.runTaken(id, rj)
 	}
 }
 
-// run runs one job to its end and records everything it does.
-func (s *Service) run(job *Job) {
-	log := s.log.With("job", job.ID)
-	rec := newRecorder(s.store, s.broker, log, job)
-	s.mu.Lock()
-	s.running[job.ID] = rec
-	s.mu.Unlock()
+// runTaken runs a job taken from the queue and unregisters it.
+func (s *Service) runTaken(id string, rj *runningJob) {
 	defer func() {
 		s.mu.Lock()
-		delete(s.running, job.ID)
+		delete(s.running, id)
 		s.mu.Unlock()
+		rj.cancel(nil)
 	}()
+	job, err := s.store.Job(s.ctx, id)
+	if err != nil {
+		s.log.Error("load queued job", "job", id, "err", err)
+		return
+	}
+	if job.Status != StatusQueued {
+		return
+	}
+	s.run(rj.ctx, job)
+}
+
+// Cancel cancels a job. A queued job ends canceled at once; a running one
+// is stopped (SIGTERM, then SIGKILL after a grace period) and ends canceled
+// when it has stopped. It returns the job as it is after the request, an
+// ENOTFOUND error for an unknown job, and an ECONFLICT error for a job
+// that has already ended.
+func (s *Service) Cancel(ctx context.Context, id string) (*Job, error) {
+	s.mu.Lock()
+	if i := slices.Index(s.queue, id); i >= 0 {
+		s.queue = slices.Delete(s.queue, i, i+1)
+		s.mu.Unlock()
+		return s.cancelQueued(ctx, id)
+	}
+	if rj, ok := s.running[id]; ok {
+		rj.cancel(errCanceled)
+		s.mu.Unlock()
+		s.log.Info("cancel requested", "job", id)
+		return s.store.Job(ctx, id)
+	}
+	s.mu.Unlock()
+	job, err := s.store.Job(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if job.Status.Terminal() {
+		return nil, Errorf(ECONFLICT, "job %s has already ended: %s", id, job.Status)
+	}
+	return job, nil
+}
+
+// cancelQueued ends a job that was removed from the queue: nobody else
+// writes its log now, so a recorder of its own may.
+func (s *Service) cancelQueued(ctx context.Context, id string) (*Job, error) {
+	job, err := s.store.Job(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	rec := newRecorder(s.store, s.broker, s.log, job)
+	now := time.Now().UTC()
+	err = rec.Status(StatusCanceled, func(j *Job) {
+		j.FinishedAt = &now
+		j.Reason = "canceled by user before it started"
+	})
+	if cerr := rec.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cancel queued job: %w", err)
+	}
+	s.log.Info("queued job canceled", "job", id)
+	final := rec.Job()
+	return &final, nil
+}
+
+// run runs one job to its end and records everything it does. ctx ends
+// when the job is canceled or the service closes.
+func (s *Service) run(ctx context.Context, job *Job) {
+	log := s.log.With("job", job.ID)
+	rec := newRecorder(s.store, s.broker, log, job)
 
 	started := time.Now().UTC()
 	if err := rec.Status(StatusRunning, func(j *Job) { j.StartedAt = &started }); err != nil {
 		log.Error("record running", "err", err)
 	}
-	log.Info("job started")
+	log.Info("job started", "timeout", job.Timeout)
+
+	timeout := job.Timeout
+	if timeout <= 0 || timeout > s.cfg.MaxTimeout {
+		timeout = s.cfg.MaxTimeout
+	}
+	rctx, cancel := context.WithTimeoutCause(ctx, timeout, errTimedOut)
+	defer cancel()
 
 	out := &recordOutput{rec: rec}
 	spec := Spec{JobID: job.ID, Archive: s.archives.Path(job.Archive), Args: job.Args}
-	res, err := s.exec.Run(s.ctx, spec, out)
+	res, err := s.exec.Run(rctx, spec, out)
 	out.flush()
 
-	status, exitCode, reason := outcome(res, err, s.ctx.Err() != nil)
+	status, exitCode, reason := outcome(res, err, context.Cause(rctx), timeout)
 	finished := time.Now().UTC()
 	if serr := rec.Status(status, func(j *Job) {
 		j.FinishedAt = &finished
@@ -448,16 +556,25 @@ func (s *Service) run(job *Job) {
 	log.Info("job ended", "status", status, "exit_code", res.ExitCode, "duration", finished.Sub(started).Round(time.Millisecond), "reason", reason)
 }
 
-// outcome maps how the executor ended to the job's terminal status.
-func outcome(res Result, err error, shuttingDown bool) (Status, *int, string) {
+// outcome maps how the executor ended to the job's terminal status. cause
+// is why the job's context ended (nil if it did not).
+func outcome(res Result, err error, cause error, timeout time.Duration) (Status, *int, string) {
 	switch {
-	case err != nil && shuttingDown && errors.Is(err, context.Canceled):
+	case err != nil && errors.Is(cause, errTimedOut):
+		return StatusTimedOut, nil, fmt.Sprintf("the tests ran longer than the time limit of %s and were stopped", timeout)
+	case err != nil && errors.Is(cause, errCanceled):
+		return StatusCanceled, nil, "canceled by user"
+	case err != nil && cause != nil:
 		return StatusError, nil, "ci-server shut down while the job was running; submit it again"
 	case err != nil:
 		return StatusError, nil, err.Error()
 	case res.OOMKilled:
 		code := res.ExitCode
-		return StatusError, &code, "the tests were killed for using more memory than the container's limit"
+		limit := "the container's limit"
+		if res.MemoryLimit > 0 {
+			limit = "the limit of " + formatBytes(res.MemoryLimit)
+		}
+		return StatusError, &code, "the tests were killed (out of memory): they used more than " + limit + "; ask for a higher --memory on the server or use less"
 	case res.ExitCode == 0:
 		code := 0
 		return StatusPassed, &code, ""
@@ -504,4 +621,17 @@ func (o *recordOutput) Write(stream string, p []byte) error {
 func (o *recordOutput) flush() {
 	o.rec.Log(StreamStdout, o.stdout.Flush())
 	o.rec.Log(StreamStderr, o.stderr.Flush())
+}
+
+// formatBytes writes n bytes the way people say it: 2 GiB, 512 MiB.
+func formatBytes(n int64) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%d GiB", n>>30)
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%d bytes", n)
 }

@@ -114,7 +114,7 @@ func TestServiceOutcomes(t *testing.T) {
 		{"failed", Result{ExitCode: 1}, nil, StatusFailed, 1, "some tests failed"},
 		{"no tests", Result{ExitCode: 5}, nil, StatusFailed, 5, "no tests"},
 		{"executor error", Result{}, fmt.Errorf(`image "x" is not available`), StatusError, -1, `image "x" is not available`},
-		{"oom", Result{ExitCode: 137, OOMKilled: true}, nil, StatusError, 137, "memory"},
+		{"oom", Result{ExitCode: 137, OOMKilled: true, MemoryLimit: 64 << 20}, nil, StatusError, 137, "out of memory): they used more than the limit of 64 MiB"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			exec := funcExec(func(context.Context, Spec, Output) (Result, error) { return tc.res, tc.err })
@@ -496,5 +496,117 @@ func TestWatchJobsSlowWatcherGetsSnapshot(t *testing.T) {
 		case <-deadline:
 			t.Fatal("no fresh snapshot after the watcher fell behind")
 		}
+	}
+}
+
+// blockingExec runs until its context ends, and reports each start.
+func blockingExec(started chan<- string) Executor {
+	return funcExec(func(ctx context.Context, spec Spec, out Output) (Result, error) {
+		if started != nil {
+			started <- spec.JobID
+		}
+		<-ctx.Done()
+		return Result{}, ctx.Err()
+	})
+}
+
+func lastEvent(t *testing.T, svc *Service, id string) Event {
+	t.Helper()
+	evs := collect(t, svc, id, 0)
+	return evs[len(evs)-1]
+}
+
+func TestCancelQueuedJob(t *testing.T) {
+	started := make(chan string, 10)
+	env := newTestService(t, blockingExec(started), 1)
+	first := env.submit(t)
+	<-started
+	queued := env.submit(t)
+	job, err := env.svc.Cancel(context.Background(), queued.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if job.Status != StatusCanceled {
+		t.Fatalf("queued job after cancel: %s, want canceled at once", job.Status)
+	}
+	if ev := lastEvent(t, env.svc, queued.ID); ev.Status != StatusCanceled || ev.Reason == "" {
+		t.Fatalf("terminal event %+v, want canceled with a reason", ev)
+	}
+	// The canceled job never runs: after the first ends, nothing starts.
+	env.svc.Cancel(context.Background(), first.ID)
+	if ev := lastEvent(t, env.svc, first.ID); ev.Status != StatusCanceled {
+		t.Fatalf("running job ended %s, want canceled", ev.Status)
+	}
+	third := env.submit(t)
+	if id := <-started; id != third.ID {
+		t.Fatalf("started %s, want %s: the canceled job must not run", id, third.ID)
+	}
+}
+
+func TestCancelRunningJob(t *testing.T) {
+	started := make(chan string, 1)
+	env := newTestService(t, blockingExec(started), 1)
+	job := env.submit(t)
+	<-started
+	if _, err := env.svc.Cancel(context.Background(), job.ID); err != nil {
+		t.Fatal(err)
+	}
+	ev := lastEvent(t, env.svc, job.ID)
+	if ev.Status != StatusCanceled || ev.Reason != "canceled by user" || ev.ExitCode != nil {
+		t.Fatalf("terminal event %+v, want canceled by user without exit code", ev)
+	}
+	if _, err := env.svc.Cancel(context.Background(), job.ID); ErrorCode(err) != ECONFLICT {
+		t.Fatalf("cancel of an ended job: %v, want ECONFLICT", err)
+	}
+	if _, err := env.svc.Cancel(context.Background(), "nope"); ErrorCode(err) != ENOTFOUND {
+		t.Fatalf("cancel of an unknown job: %v, want ENOTFOUND", err)
+	}
+}
+
+func TestTimeout(t *testing.T) {
+	env := newTestService(t, blockingExec(nil), 1)
+	job, err := env.svc.Submit(context.Background(), bytes.NewReader(makeZip(t, map[string]string{"t.py": ""})), SubmitOptions{Timeout: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := lastEvent(t, env.svc, job.ID)
+	if ev.Status != StatusTimedOut || !strings.Contains(ev.Reason, "50ms") {
+		t.Fatalf("terminal event %+v, want timed_out naming the 50ms limit", ev)
+	}
+}
+
+func TestTimeoutCappedByServer(t *testing.T) {
+	st := newMemStore()
+	env := &testEnv{store: st, arch: &dirArchives{dir: t.TempDir()}}
+	env.svc = NewService(st, env.arch, blockingExec(nil), Config{Concurrency: 1, MaxTimeout: time.Hour})
+	for _, tc := range []struct{ asked, want time.Duration }{{0, time.Hour}, {2 * time.Hour, time.Hour}, {time.Minute, time.Minute}} {
+		job, err := env.svc.Submit(context.Background(), bytes.NewReader(makeZip(t, map[string]string{"t.py": ""})), SubmitOptions{Timeout: tc.asked})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if job.Timeout != tc.want {
+			t.Fatalf("asked %s: timeout %s, want %s", tc.asked, job.Timeout, tc.want)
+		}
+	}
+	if _, err := env.svc.Submit(context.Background(), bytes.NewReader(makeZip(t, map[string]string{"t.py": ""})), SubmitOptions{Timeout: -time.Second}); ErrorCode(err) != EINVALID {
+		t.Fatalf("negative timeout: %v, want EINVALID", err)
+	}
+}
+
+func TestQueueFull(t *testing.T) {
+	started := make(chan string, 1)
+	st := newMemStore()
+	env := &testEnv{store: st, arch: &dirArchives{dir: t.TempDir()}}
+	env.svc = NewService(st, env.arch, blockingExec(started), Config{Concurrency: 1, MaxQueued: 1})
+	if err := env.svc.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer env.svc.Close()
+	env.submit(t)
+	<-started
+	env.submit(t) // waits in the queue
+	_, err := env.svc.Submit(context.Background(), bytes.NewReader(makeZip(t, map[string]string{"t.py": ""})), SubmitOptions{})
+	if ErrorCode(err) != EUNAVAILABLE || !strings.Contains(ErrorMessage(err), "queue is full") {
+		t.Fatalf("third submit: %v, want EUNAVAILABLE saying the queue is full", err)
 	}
 }

@@ -21,6 +21,7 @@ type jobRow struct {
 	ExitCode    *int       `gorm:""`
 	Reason      string     `gorm:"type:text;not null"`
 	LastSeq     int64      `gorm:"not null"`
+	TimeoutMS   int64      `gorm:"column:timeout_ms;not null;default:0"` // 0: the server's maximum
 
 	// Events is only here so that AutoMigrate declares the foreign key
 	// events.job_id -> jobs.id. It is never loaded or saved.
@@ -68,6 +69,7 @@ func newJobRow(j *jobs.Job) (jobRow, error) {
 		ExitCode:    j.ExitCode,
 		Reason:      j.Reason,
 		LastSeq:     j.LastSeq,
+		TimeoutMS:   j.Timeout.Milliseconds(),
 	}, nil
 }
 
@@ -89,6 +91,7 @@ func (r *jobRow) job() (*jobs.Job, error) {
 		ExitCode:    r.ExitCode,
 		Reason:      r.Reason,
 		LastSeq:     r.LastSeq,
+		Timeout:     time.Duration(r.TimeoutMS) * time.Millisecond,
 	}, nil
 }
 

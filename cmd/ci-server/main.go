@@ -61,6 +61,8 @@ type Main struct {
 	Image       string
 	Concurrency int
 	MaxUpload   int64
+	JobTimeout  time.Duration
+	MaxQueued   int
 	LogLevel    string
 
 	// Log is the server's logger; ParseFlags sets a text logger on stderr
@@ -86,6 +88,8 @@ func NewMain() *Main {
 		Image:       "python:3.12-slim",
 		Concurrency: runtime.NumCPU(),
 		MaxUpload:   api.DefaultMaxUpload,
+		JobTimeout:  jobs.DefaultMaxTimeout,
+		MaxQueued:   1000,
 		LogLevel:    "info",
 	}
 }
@@ -100,6 +104,8 @@ func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
 	fs.StringVar(&m.Image, "image", m.Image, "Docker image the tests run in (needs python and pytest)")
 	fs.IntVar(&m.Concurrency, "concurrency", m.Concurrency, "most jobs running at once")
 	fs.Int64Var(&m.MaxUpload, "max-upload", m.MaxUpload, "largest accepted upload in bytes")
+	fs.DurationVar(&m.JobTimeout, "job-timeout", m.JobTimeout, "longest a job's tests may run (a job may ask for less)")
+	fs.IntVar(&m.MaxQueued, "max-queued", m.MaxQueued, "most jobs waiting in the queue; more are refused with 503")
 	fs.StringVar(&m.LogLevel, "log-level", m.LogLevel, "log level: debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: ci-server [flags]\n\nRuns the ci service. Flags:\n%s", fs.FlagUsages())
@@ -112,6 +118,12 @@ func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
 	}
 	if m.Concurrency < 1 {
 		return fmt.Errorf("--concurrency must be at least 1, got %d", m.Concurrency)
+	}
+	if m.JobTimeout <= 0 {
+		return fmt.Errorf("--job-timeout must be positive, got %s", m.JobTimeout)
+	}
+	if m.MaxQueued < 1 {
+		return fmt.Errorf("--max-queued must be at least 1, got %d", m.MaxQueued)
 	}
 	if m.MaxUpload < 1 {
 		return fmt.Errorf("--max-upload must be positive, got %d", m.MaxUpload)
@@ -168,6 +180,8 @@ func (m *Main) Run(ctx context.Context) error {
 
 	m.service = jobs.NewService(store, archives, exec, jobs.Config{
 		Concurrency: m.Concurrency,
+		MaxTimeout:  m.JobTimeout,
+		MaxQueued:   m.MaxQueued,
 		Logger:      m.Log.With("component", "jobs"),
 	})
 	if err := m.service.Start(ctx); err != nil {

@@ -32,6 +32,8 @@ func TestParseFlags(t *testing.T) {
 		{"--image", ""},
 		{"--log-level", "loud"},
 		{"--max-upload", "-1"},
+		{"--job-timeout", "0s"},
+		{"--max-queued", "0"},
 		{"--nope"},
 		{"extra"},
 	} {

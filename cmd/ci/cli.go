@@ -37,11 +37,12 @@ var commands map[string]*command
 func init() {
 	commands = map[string]*command{
 		"submit": {
-			usage: "ci submit test [--async] [--dir PATH] [--server URL] [-- PYTEST ARGS]",
+			usage: "ci submit test [--async] [--timeout D] [--dir PATH] [--server URL] [-- PYTEST ARGS]",
 			help: `Zips the project in --dir (leaving out dot-files, __pycache__ and what .gitignore
 ignores), uploads it to ci-server, which runs pytest on it, and streams pytest's
 output here as it happens. Exits with pytest's exit code. Arguments after --
-are passed to pytest.`,
+are passed to pytest. Ctrl-C cancels the job (and still shows how it ended);
+a second Ctrl-C leaves at once.`,
 			run: (*cli).submit,
 		},
 		"wait": {
@@ -49,6 +50,11 @@ are passed to pytest.`,
 			help: `Prints a job's output from event N on (all of it by default), follows it
 until the job ends and exits like ci submit test.`,
 			run: (*cli).wait,
+		},
+		"cancel": {
+			usage: "ci cancel <id> [--server URL]",
+			help:  `Cancels a job: a queued one at once, a running one within a few seconds.`,
+			run:   (*cli).cancel,
 		},
 		"status": {
 			usage: "ci status <id> [--json] [--server URL]",
@@ -66,8 +72,9 @@ until the job ends and exits like ci submit test.`,
 const mainUsage = `ci runs a Python project's tests with pytest on ci-server and streams the output.
 
 Usage:
-  ci submit test [--async] [--dir PATH] [--server URL] [-- PYTEST ARGS]
+  ci submit test [--async] [--timeout D] [--dir PATH] [--server URL] [-- PYTEST ARGS]
   ci wait <id> [--after N] [--server URL]
+  ci cancel <id> [--server URL]
   ci status <id> [--json] [--server URL]
   ci list [--limit N] [--before ID] [--server URL]
   ci help [command]
@@ -150,6 +157,7 @@ func (c *cli) flags(name string) (*pflag.FlagSet, *bool) {
 	case "submit":
 		fs.Bool("async", false, "print the job id and return without waiting for the job")
 		fs.String("dir", ".", "the project directory to upload")
+		fs.Duration("timeout", 0, "stop the tests after `D` (e.g. 90s, 10m); the server caps it")
 	case "wait":
 		fs.Int64("after", 0, "print only events after event `N`")
 	case "status":
@@ -245,6 +253,7 @@ func (c *cli) submit(ctx context.Context, args []string) int {
 	}
 	async, _ := fs.GetBool("async")
 	dir, _ := fs.GetString("dir")
+	timeout, _ := fs.GetDuration("timeout")
 	pos, pytestArgs := fs.Args(), []string(nil)
 	if n := fs.ArgsLenAtDash(); n >= 0 {
 		pos, pytestArgs = pos[:n], pos[n:]
@@ -261,6 +270,9 @@ func (c *cli) submit(ctx context.Context, args []string) int {
 	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
 		return c.usageError("submit", "--dir %s: not a directory", dir)
 	}
+	if timeout < 0 {
+		return c.usageError("submit", "--timeout %s: must be positive", timeout)
+	}
 
 	// The zip streams through a pipe into the upload: never all in memory.
 	pr, pw := io.Pipe()
@@ -274,7 +286,7 @@ func (c *cli) submit(ctx context.Context, args []string) int {
 		pw.CloseWithError(err)
 		zipped <- zipResult{n, err}
 	}()
-	job, err := c.client().Submit(ctx, pr, pytestArgs)
+	job, err := c.client().SubmitWith(ctx, pr, client.SubmitOptions{Args: pytestArgs, Timeout: timeout})
 	pr.CloseWithError(errUploadEnded)
 	z := <-zipped
 	switch {
@@ -299,10 +311,56 @@ func (c *cli) submit(ctx context.Context, args []string) int {
 	} else {
 		fmt.Fprintf(c.stderr, "Job %s submitted\n", job.ID)
 	}
-	// TODO(cancel): per DESIGN.md, Ctrl-C during a synchronous submit should
-	// cancel the job (POST /api/v1/jobs/{id}/cancel) before exiting 130.
-	// Until the API and client have Cancel, follow only detaches, as wait does.
-	return c.follow(ctx, job.ID, 0)
+	code, last, interrupted := c.follow(ctx, job.ID, 0)
+	if !interrupted {
+		return code
+	}
+	// Ctrl-C: cancel the job, then keep following (no longer bound to the
+	// interrupted ctx) so the user sees how it ended. main makes a second
+	// Ctrl-C end ci at once.
+	fmt.Fprintf(c.stderr, "\nci: canceling job %s (Ctrl-C again to leave at once)\n", job.ID)
+	cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := c.client().Cancel(cctx, job.ID); err != nil {
+		var apiErr *client.Error
+		if !errors.As(err, &apiErr) || apiErr.Code != "conflict" {
+			fmt.Fprintf(c.stderr, "ci: could not cancel job %s: %v\n", job.ID, rootCause(err))
+			return exitInterrupted
+		}
+	}
+	fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer fcancel()
+	code, _, _ = c.follow(fctx, job.ID, last)
+	return code
+}
+
+func (c *cli) cancel(ctx context.Context, args []string) int {
+	fs, code, done := c.parse("cancel", args)
+	if done {
+		return code
+	}
+	switch {
+	case fs.NArg() == 0:
+		return c.usageError("cancel", "missing job id")
+	case fs.NArg() > 1:
+		return c.usageError("cancel", "unexpected argument %q", fs.Arg(1))
+	}
+	id := fs.Arg(0)
+	j, err := c.client().Cancel(ctx, id)
+	if err != nil {
+		var apiErr *client.Error
+		if errors.As(err, &apiErr) && apiErr.Code == "conflict" {
+			fmt.Fprintf(c.stderr, "ci: %s\n", apiErr.Message)
+			return exitNotFound
+		}
+		return c.failure("cancel job "+id, err)
+	}
+	if j.Status == client.StatusCanceled {
+		fmt.Fprintf(c.stdout, "Job %s canceled\n", id)
+	} else {
+		fmt.Fprintf(c.stdout, "Job %s is being canceled (it was %s)\n", id, j.Status)
+	}
+	return exitOK
 }
 
 func (c *cli) wait(ctx context.Context, args []string) int {
@@ -328,12 +386,18 @@ func (c *cli) wait(ctx context.Context, args []string) int {
 		}
 		return c.failure("job "+id, err)
 	}
-	return c.follow(ctx, id, after)
+	code, last, interrupted := c.follow(ctx, id, after)
+	if interrupted {
+		// Ctrl-C during wait only detaches: the job keeps running.
+		fmt.Fprintf(c.stderr, "\nci: detached from job %s, which keeps running; follow it again with: ci wait %s --after %d\n", id, id, last)
+	}
+	return code
 }
 
 // follow prints the output of job id from event after+1 on until the job
-// ends, and returns ci's exit code for its end.
-func (c *cli) follow(ctx context.Context, id string, after int64) int {
+// ends, and returns ci's exit code for its end, the last seq it printed and
+// whether ctx was canceled (Ctrl-C) before the end.
+func (c *cli) follow(ctx context.Context, id string, after int64) (code int, lastSeq int64, interrupted bool) {
 	last := after
 	// pytest runs with colour on; a pipe or a file gets clean text.
 	stdout, stderr := colorWriter(c.stdout), colorWriter(c.stderr)
@@ -353,19 +417,18 @@ func (c *cli) follow(ctx context.Context, id string, after int64) int {
 	})
 	if err != nil {
 		if ctx.Err() != nil {
-			fmt.Fprintf(c.stderr, "ci: detached from job %s, which keeps running; follow it again with: ci wait %s --after %d\n", id, id, last)
-			return exitInterrupted
+			return exitInterrupted, last, true
 		}
 		code := c.failure("job "+id, err)
 		if code != exitNotFound {
 			fmt.Fprintf(c.stderr, "ci: follow it again with: ci wait %s --after %d\n", id, last)
 		}
-		return code
+		return code, last, false
 	}
 	if term.Status != client.StatusPassed && term.Reason != "" {
 		fmt.Fprintf(c.stderr, "ci: job %s %s: %s\n", id, humanStatus(term.Status), term.Reason)
 	}
-	return client.ExitCode(term.Status, term.ExitCode)
+	return client.ExitCode(term.Status, term.ExitCode), last, false
 }
 
 func humanStatus(s string) string { return strings.ReplaceAll(s, "_", " ") }

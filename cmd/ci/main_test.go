@@ -41,6 +41,7 @@ type fakeServer struct {
 	gotFiles   []string
 	gotArgs    []string
 	gotAfters  []int64
+	gotCancel  bool
 	hangClosed bool
 }
 
@@ -58,6 +59,21 @@ func newFakeServer(t *testing.T) *fakeServer {
 		json.NewEncoder(w).Encode(f.job)
 	})
 	mux.HandleFunc("GET /api/v1/jobs/{id}/events", f.eventsHandler)
+	mux.HandleFunc("POST /api/v1/jobs/{id}/cancel", func(w http.ResponseWriter, r *http.Request) {
+		if !f.known(w, r) {
+			return
+		}
+		// The job stops: its stream ends with a canceled status.
+		f.mu.Lock()
+		f.gotCancel = true
+		f.hang = false
+		n := int64(len(f.events))
+		f.events = append(f.events, client.Event{Seq: n + 1, Type: "status", Status: "canceled", Reason: "canceled by user"})
+		job := f.job
+		f.mu.Unlock()
+		job.Status = "running"
+		json.NewEncoder(w).Encode(job)
+	})
 	f.srv = httptest.NewServer(mux)
 	t.Cleanup(f.srv.Close)
 	f.job = client.Job{
@@ -111,20 +127,21 @@ func (f *fakeServer) eventsHandler(w http.ResponseWriter, r *http.Request) {
 	after, _ := strconv.ParseInt(r.URL.Query().Get("after"), 10, 64)
 	f.mu.Lock()
 	f.gotAfters = append(f.gotAfters, after)
+	events, hang := f.events, f.hang
 	f.mu.Unlock()
 	c, err := websocket.Accept(w, r, nil)
 	if err != nil {
 		return
 	}
 	defer c.CloseNow()
-	for _, ev := range f.events {
+	for _, ev := range events {
 		if ev.Seq > after {
 			if err := wsjson.Write(r.Context(), c, ev); err != nil {
 				return
 			}
 		}
 	}
-	if f.hang {
+	if hang {
 		f.mu.Lock()
 		if !f.hangClosed {
 			f.hangClosed = true
@@ -441,5 +458,62 @@ func TestColourOnPipes(t *testing.T) {
 	code, stdout, _ = runCLI(t, testContext(t), "wait", "J1", "--server", f.srv.URL)
 	if code != 0 || stdout != "\x1b[32mPASSED\x1b[0m\n" {
 		t.Fatalf("CI_COLOR=always: exit %d, stdout %q, want the colour codes kept", code, stdout)
+	}
+}
+
+// TestInterruptSubmitCancels checks Ctrl-C during a synchronous submit:
+// the job is canceled, ci follows it to its end and exits 130.
+func TestInterruptSubmitCancels(t *testing.T) {
+	f := newFakeServer(t)
+	f.setEvents(testOutput, "", nil, "")
+	f.hang = true
+	ctx, cancel := context.WithCancel(testContext(t))
+	defer cancel()
+	type result struct {
+		code           int
+		stdout, stderr string
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, stdout, stderr := runCLI(t, ctx, "submit", "test", "--dir", projectDir(t), "--server", f.srv.URL)
+		done <- result{code, stdout, stderr}
+	}()
+	select {
+	case <-f.hanging:
+	case <-ctx.Done():
+		t.Fatal("the server never sent the events")
+	}
+	cancel() // Ctrl-C
+	r := <-done
+	f.mu.Lock()
+	gotCancel, afters := f.gotCancel, f.gotAfters
+	f.mu.Unlock()
+	if !gotCancel {
+		t.Fatal("Ctrl-C during submit did not cancel the job")
+	}
+	if r.code != 130 || !strings.Contains(r.stderr, "canceling job J1") || !strings.Contains(r.stderr, "canceled by user") {
+		t.Fatalf("exit %d, stderr %q; want 130, a canceling notice and the reason", r.code, r.stderr)
+	}
+	// The second stream resumed after what was printed: all output, once.
+	if len(afters) != 2 || afters[0] != 0 {
+		t.Fatalf("afters %v, want two streams, the first from 0", afters)
+	}
+	if want := "test_a.py ..F   [100%]\n"; r.stdout != want {
+		t.Fatalf("stdout %q, want %q (every chunk once)", r.stdout, want)
+	}
+}
+
+func TestCancelCommand(t *testing.T) {
+	f := newFakeServer(t)
+	code, stdout, _ := runCLI(t, testContext(t), "cancel", "J1", "--server", f.srv.URL)
+	if code != 0 || !strings.Contains(stdout, "J1") {
+		t.Fatalf("cancel: exit %d, stdout %q", code, stdout)
+	}
+	code, _, stderr := runCLI(t, testContext(t), "cancel", "nope", "--server", f.srv.URL)
+	if code != 1 || !strings.Contains(stderr, "not found") {
+		t.Fatalf("cancel unknown: exit %d, stderr %q; want 1 and not found", code, stderr)
+	}
+	if code, _, _ := runCLI(t, testContext(t), "cancel"); code != 64 {
+		t.Fatalf("cancel without id: exit %d, want 64", code)
 	}
 }
