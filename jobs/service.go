@@ -63,8 +63,8 @@ type Service struct {
 	log      *slog.Logger
 
 	mu      sync.Mutex
-	queue   []string             // IDs of queued jobs, oldest first
-	queued  chan struct{}        // capacity 1: the queue grew
+	queue   []string               // IDs of queued jobs, oldest first
+	queued  chan struct{}          // capacity 1: the queue grew
 	running map[string]*runningJob // jobs taken from the queue, by ID
 
 	ctx    context.Context // canceled by Close: stops workers and jobs
