@@ -1,18 +1,17 @@
 package jobs
 
 import (
-	"archive/zip"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"runtime"
 	"slices"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // Config tunes a Service.
@@ -27,9 +26,27 @@ type Config struct {
 	// MaxQueued is the most jobs that may wait in the queue; past it,
 	// Submit refuses with EUNAVAILABLE. 0 means no limit.
 	MaxQueued int
+	// MaxFiles is the most entries an uploaded archive may hold; 0 means
+	// DefaultMaxFiles.
+	MaxFiles int
+	// MaxUnpacked is the most bytes an uploaded archive may unpack to;
+	// 0 means DefaultMaxUnpacked.
+	MaxUnpacked int64
+	// MaxOutput caps the output stored per job in bytes; 0 means
+	// DefaultMaxOutput. Past it only the last OutputTail bytes are kept.
+	MaxOutput int64
+	// OutputTail is how much of the end of a job's output is kept past
+	// MaxOutput; 0 means DefaultOutputTail.
+	OutputTail int64
 	// Logger receives the service's logs; nil discards them.
 	Logger *slog.Logger
 }
+
+// Defaults of the output cap.
+const (
+	DefaultMaxOutput  = 50 << 20
+	DefaultOutputTail = 1 << 20
+)
 
 // DefaultMaxTimeout is the default cap on a job's run time.
 const DefaultMaxTimeout = 30 * time.Minute
@@ -79,6 +96,18 @@ func NewService(store Store, archives Archives, exec Executor, cfg Config) *Serv
 	}
 	if cfg.MaxTimeout <= 0 {
 		cfg.MaxTimeout = DefaultMaxTimeout
+	}
+	if cfg.MaxOutput <= 0 {
+		cfg.MaxOutput = DefaultMaxOutput
+	}
+	if cfg.OutputTail <= 0 {
+		cfg.OutputTail = DefaultOutputTail
+	}
+	if cfg.MaxFiles <= 0 {
+		cfg.MaxFiles = DefaultMaxFiles
+	}
+	if cfg.MaxUnpacked <= 0 {
+		cfg.MaxUnpacked = DefaultMaxUnpacked
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -181,7 +210,7 @@ func (s *Service) Submit(ctx context.Context, r io.Reader, opts SubmitOptions) (
 	if err != nil {
 		return nil, fmt.Errorf("store archive: %w", err)
 	}
-	if err := validateZip(s.archives.Path(key)); err != nil {
+	if err := validateZip(ctx, s.archives.Path(key), s.cfg.MaxFiles, s.cfg.MaxUnpacked); err != nil {
 		// Content-addressed: a job can only refer to a valid archive, so an
 		// invalid one is never shared with another job.
 		if rerr := s.archives.Remove(key); rerr != nil {
@@ -210,35 +239,6 @@ func (s *Service) Submit(ctx context.Context, r io.Reader, opts SubmitOptions) (
 	s.mu.Unlock()
 	s.notify()
 	return job, nil
-}
-
-// validateZip checks that the file at p is a zip archive whose entries are
-// all safe relative paths.
-func validateZip(p string) error {
-	zr, err := zip.OpenReader(p)
-	if err != nil {
-		return Errorf(EINVALID, "upload is not a valid zip archive: %v", err)
-	}
-	defer zr.Close()
-	for _, f := range zr.File {
-		name := f.Name
-		if name == "" || strings.HasPrefix(name, "/") || strings.Contains(name, "\\") || hasDotDot(name) {
-			return Errorf(EINVALID, "archive entry %q is not a safe relative path", name)
-		}
-		if f.Mode()&fs.ModeSymlink != 0 {
-			return Errorf(EINVALID, "archive entry %q is a symbolic link; links are not allowed", name)
-		}
-	}
-	return nil
-}
-
-func hasDotDot(name string) bool {
-	for _, part := range strings.Split(name, "/") {
-		if part == ".." {
-			return true
-		}
-	}
-	return false
 }
 
 // Job returns the job with the given ID.
@@ -476,11 +476,10 @@ func (s *Service) Cancel(ctx context.Context, id string) (*Job, error) {
 		s.mu.Unlock()
 		return s.cancelQueued(ctx, id)
 	}
-	if rj, ok := s.running[id]; ok {
+	rj, running := s.running[id]
+	if running {
+		// Harmless if the job has just ended: its run is over.
 		rj.cancel(errCanceled)
-		s.mu.Unlock()
-		s.log.Info("cancel requested", "job", id)
-		return s.store.Job(ctx, id)
 	}
 	s.mu.Unlock()
 	job, err := s.store.Job(ctx, id)
@@ -489,6 +488,9 @@ func (s *Service) Cancel(ctx context.Context, id string) (*Job, error) {
 	}
 	if job.Status.Terminal() {
 		return nil, Errorf(ECONFLICT, "job %s has already ended: %s", id, job.Status)
+	}
+	if running {
+		s.log.Info("cancel requested", "job", id)
 	}
 	return job, nil
 }
@@ -536,7 +538,7 @@ func (s *Service) run(ctx context.Context, job *Job) {
 	rctx, cancel := context.WithTimeoutCause(ctx, timeout, errTimedOut)
 	defer cancel()
 
-	out := &recordOutput{rec: rec}
+	out := &recordOutput{rec: rec, limit: s.cfg.MaxOutput, tailMax: s.cfg.OutputTail}
 	spec := Spec{JobID: job.ID, Archive: s.archives.Path(job.Archive), Args: job.Args}
 	res, err := s.exec.Run(rctx, spec, out)
 	out.flush()
@@ -601,11 +603,25 @@ func failReason(code int) string {
 	return fmt.Sprintf("the test process exited with code %d", code)
 }
 
-// recordOutput adapts a recorder to the Executor's Output, keeping each
-// stream's chunks valid UTF-8.
+// recordOutput adapts a recorder to the Executor's Output. It keeps each
+// stream's chunks valid UTF-8 and caps what a job stores: past limit bytes,
+// output is no longer recorded, except for the last tailMax bytes, which
+// flush records after one marker that says how much was dropped. So a
+// flood can't fill the disk, and pytest's summary at the end survives.
 type recordOutput struct {
 	rec            *recorder
 	stdout, stderr utf8Splitter
+
+	limit, tailMax int64
+	written        int64 // bytes recorded live
+	dropped        int64 // bytes dropped for good
+	tail           []tailChunk
+	tailBytes      int64
+}
+
+// tailChunk is output held back past the limit.
+type tailChunk struct {
+	stream, text string
 }
 
 func (o *recordOutput) Write(stream string, p []byte) error {
@@ -615,23 +631,70 @@ func (o *recordOutput) Write(stream string, p []byte) error {
 	} else {
 		stream = StreamStdout
 	}
-	return o.rec.Log(stream, sp.Next(p))
+	return o.record(stream, sp.Next(p))
 }
 
+func (o *recordOutput) record(stream, text string) error {
+	if text == "" {
+		return nil
+	}
+	if o.limit <= 0 || o.written+int64(len(text)) <= o.limit && len(o.tail) == 0 {
+		o.written += int64(len(text))
+		return o.rec.Log(stream, text)
+	}
+	o.tail = append(o.tail, tailChunk{stream, text})
+	o.tailBytes += int64(len(text))
+	for o.tailBytes > o.tailMax {
+		first := &o.tail[0]
+		excess := o.tailBytes - o.tailMax
+		if int64(len(first.text)) <= excess {
+			o.dropped += int64(len(first.text))
+			o.tailBytes -= int64(len(first.text))
+			o.tail = o.tail[1:]
+			continue
+		}
+		// Cut the front of the oldest chunk, on a rune boundary.
+		cut := int(excess)
+		for cut < len(first.text) && !utf8.RuneStart(first.text[cut]) {
+			cut++
+		}
+		o.dropped += int64(cut)
+		o.tailBytes -= int64(cut)
+		first.text = first.text[cut:]
+	}
+	return nil
+}
+
+// flush records what the splitters hold back and the tail kept past the
+// limit, after a marker if anything was dropped.
 func (o *recordOutput) flush() {
-	o.rec.Log(StreamStdout, o.stdout.Flush())
-	o.rec.Log(StreamStderr, o.stderr.Flush())
+	o.record(StreamStdout, o.stdout.Flush())
+	o.record(StreamStderr, o.stderr.Flush())
+	if o.dropped > 0 {
+		o.rec.Log(StreamStderr, fmt.Sprintf("\n[ci: output passed the limit of %s: %s dropped; the last %s follows]\n",
+			formatBytes(o.limit), formatBytes(o.dropped), formatBytes(o.tailBytes)))
+	}
+	for _, c := range o.tail {
+		o.rec.Log(c.stream, c.text)
+	}
+	o.tail, o.tailBytes = nil, 0
 }
 
-// formatBytes writes n bytes the way people say it: 2 GiB, 512 MiB.
+// formatBytes writes n bytes the way people say it: 2 GiB, 1.5 MiB.
 func formatBytes(n int64) string {
+	unit := func(u int64, name string) string {
+		if n%u == 0 {
+			return fmt.Sprintf("%d %s", n/u, name)
+		}
+		return fmt.Sprintf("%.1f %s", float64(n)/float64(u), name)
+	}
 	switch {
-	case n >= 1<<30 && n%(1<<30) == 0:
-		return fmt.Sprintf("%d GiB", n>>30)
-	case n >= 1<<20 && n%(1<<20) == 0:
-		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<30:
+		return unit(1<<30, "GiB")
 	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+		return unit(1<<20, "MiB")
+	case n >= 1<<10:
+		return unit(1<<10, "KiB")
 	}
 	return fmt.Sprintf("%d bytes", n)
 }

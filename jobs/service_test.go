@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 // waitFor polls cond until it holds, failing the test after a deadline.
@@ -608,5 +609,59 @@ func TestQueueFull(t *testing.T) {
 	_, err := env.svc.Submit(context.Background(), bytes.NewReader(makeZip(t, map[string]string{"t.py": ""})), SubmitOptions{})
 	if ErrorCode(err) != EUNAVAILABLE || !strings.Contains(ErrorMessage(err), "queue is full") {
 		t.Fatalf("third submit: %v, want EUNAVAILABLE saying the queue is full", err)
+	}
+}
+
+// TestOutputCap floods past the per-job output limit: the stored log is
+// the head up to the limit, one marker saying how much was dropped, and
+// the exact last bytes (pytest's summary).
+func TestOutputCap(t *testing.T) {
+	const chunk, chunks = 1000, 100
+	var all strings.Builder
+	exec := funcExec(func(ctx context.Context, spec Spec, out Output) (Result, error) {
+		for i := range chunks {
+			text := fmt.Sprintf("%04d%s\n", i, strings.Repeat("é", (chunk-6)/2)) // multi-byte runes
+			text += strings.Repeat("x", chunk-len(text))
+			all.WriteString(text)
+			if err := out.Write(StreamStdout, []byte(text)); err != nil {
+				return Result{}, err
+			}
+		}
+		out.Write(StreamStdout, []byte("== 3 passed ==\n"))
+		return Result{}, nil
+	})
+	st := newMemStore()
+	env := &testEnv{store: st, arch: &dirArchives{dir: t.TempDir()}}
+	env.svc = NewService(st, env.arch, exec, Config{Concurrency: 1, MaxOutput: 10_000, OutputTail: 2_500})
+	if err := env.svc.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer env.svc.Close()
+	job := env.submit(t)
+	var text strings.Builder
+	var markers int
+	for _, ev := range collect(t, env.svc, job.ID, 0) {
+		if strings.Contains(ev.Text, "[ci: output passed the limit") {
+			markers++
+			if !strings.Contains(ev.Text, "limit of 9.8 KiB") || !strings.Contains(ev.Text, "dropped") {
+				t.Fatalf("marker %q, want the limit and the amount dropped", ev.Text)
+			}
+			continue
+		}
+		text.WriteString(ev.Text)
+	}
+	if markers != 1 {
+		t.Fatalf("%d markers, want 1", markers)
+	}
+	full := all.String() + "== 3 passed ==\n"
+	got := text.String()
+	if !strings.HasPrefix(full, got[:10_000]) {
+		t.Fatal("stored head is not the start of the output")
+	}
+	if len(got) > 10_000+2_500 || !strings.HasSuffix(full, got[len(got)-2_400:]) || !strings.HasSuffix(got, "== 3 passed ==\n") {
+		t.Fatalf("stored %d bytes; want at most the head and a 2500-byte tail ending with the summary", len(got))
+	}
+	if !utf8.ValidString(got) {
+		t.Fatal("stored text is not valid UTF-8 after the cut")
 	}
 }

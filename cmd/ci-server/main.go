@@ -63,6 +63,9 @@ type Main struct {
 	MaxUpload   int64
 	JobTimeout  time.Duration
 	MaxQueued   int
+	MaxOutput   int64
+	MaxFiles    int
+	MaxUnpacked int64
 	LogLevel    string
 
 	// Log is the server's logger; ParseFlags sets a text logger on stderr
@@ -90,6 +93,9 @@ func NewMain() *Main {
 		MaxUpload:   api.DefaultMaxUpload,
 		JobTimeout:  jobs.DefaultMaxTimeout,
 		MaxQueued:   1000,
+		MaxOutput:   jobs.DefaultMaxOutput,
+		MaxFiles:    jobs.DefaultMaxFiles,
+		MaxUnpacked: jobs.DefaultMaxUnpacked,
 		LogLevel:    "info",
 	}
 }
@@ -106,6 +112,9 @@ func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
 	fs.Int64Var(&m.MaxUpload, "max-upload", m.MaxUpload, "largest accepted upload in bytes")
 	fs.DurationVar(&m.JobTimeout, "job-timeout", m.JobTimeout, "longest a job's tests may run (a job may ask for less)")
 	fs.IntVar(&m.MaxQueued, "max-queued", m.MaxQueued, "most jobs waiting in the queue; more are refused with 503")
+	fs.Int64Var(&m.MaxOutput, "max-output", m.MaxOutput, "output stored per job in bytes; past it only the last 1 MiB is kept")
+	fs.IntVar(&m.MaxFiles, "max-files", m.MaxFiles, "most files an uploaded archive may hold")
+	fs.Int64Var(&m.MaxUnpacked, "max-unpacked", m.MaxUnpacked, "most bytes an uploaded archive may unpack to")
 	fs.StringVar(&m.LogLevel, "log-level", m.LogLevel, "log level: debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: ci-server [flags]\n\nRuns the ci service. Flags:\n%s", fs.FlagUsages())
@@ -124,6 +133,12 @@ func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
 	}
 	if m.MaxQueued < 1 {
 		return fmt.Errorf("--max-queued must be at least 1, got %d", m.MaxQueued)
+	}
+	if m.MaxOutput < 1<<20 {
+		return fmt.Errorf("--max-output must be at least 1 MiB, got %d", m.MaxOutput)
+	}
+	if m.MaxFiles < 1 || m.MaxUnpacked < 1 {
+		return fmt.Errorf("--max-files and --max-unpacked must be positive")
 	}
 	if m.MaxUpload < 1 {
 		return fmt.Errorf("--max-upload must be positive, got %d", m.MaxUpload)
@@ -182,6 +197,9 @@ func (m *Main) Run(ctx context.Context) error {
 		Concurrency: m.Concurrency,
 		MaxTimeout:  m.JobTimeout,
 		MaxQueued:   m.MaxQueued,
+		MaxOutput:   m.MaxOutput,
+		MaxFiles:    m.MaxFiles,
+		MaxUnpacked: m.MaxUnpacked,
 		Logger:      m.Log.With("component", "jobs"),
 	})
 	if err := m.service.Start(ctx); err != nil {
