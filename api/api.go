@@ -4,6 +4,8 @@ package api
 
 import (
 	"context"
+	"crypto/subtle"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
@@ -11,6 +13,7 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"ci/internal/ansi"
@@ -38,6 +41,14 @@ type Config struct {
 	// MaxUpload is the largest accepted archive in bytes; 0 means
 	// DefaultMaxUpload.
 	MaxUpload int64
+	// Token, when set, must come with every request that changes state
+	// (submit, cancel) as "Authorization: Bearer <Token>", or, for a
+	// WebSocket from a browser, as a subprotocol "bearer.<base64url of the
+	// token>" offered beside "ci.v1".
+	Token string
+	// Private makes every API read (jobs, logs, event streams) need the
+	// token too. The pages themselves load without it and ask for it.
+	Private bool
 	// Logger receives request errors; nil discards them.
 	Logger *slog.Logger
 }
@@ -99,7 +110,63 @@ func NewHandler(svc Service, cfg Config) *Handler {
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.cfg.Token != "" && h.needsToken(r) {
+		if err := h.checkToken(r); err != "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="ci"`)
+			writeError(w, http.StatusUnauthorized, "unauthorized", err)
+			return
+		}
+	}
 	h.mux.ServeHTTP(w, r)
+}
+
+// needsToken reports whether r must carry the token: API calls that change
+// state, and with Private every API call.
+func (h *Handler) needsToken(r *http.Request) bool {
+	if !strings.HasPrefix(r.URL.Path, "/api/") {
+		return false // pages, health
+	}
+	return h.cfg.Private || (r.Method != http.MethodGet && r.Method != http.MethodHead)
+}
+
+// checkToken returns "" when r carries the right token, else what is
+// wrong, for the user. Tokens are compared in constant time and never
+// logged.
+func (h *Handler) checkToken(r *http.Request) string {
+	var got string
+	if a := r.Header.Get("Authorization"); a != "" {
+		t, ok := strings.CutPrefix(a, "Bearer ")
+		if !ok {
+			return "the Authorization header must be \"Bearer <token>\""
+		}
+		got = t
+	} else if t, ok := tokenFromSubprotocols(r); ok {
+		got = t
+	} else {
+		return "this server needs a token: set CI_TOKEN (sent as Authorization: Bearer <token>)"
+	}
+	if subtle.ConstantTimeCompare([]byte(got), []byte(h.cfg.Token)) != 1 {
+		return "the token is not valid for this server (check CI_TOKEN)"
+	}
+	return ""
+}
+
+// tokenFromSubprotocols finds a token offered as WebSocket subprotocol
+// "bearer.<base64url>", the one way a browser can send a secret with a
+// WebSocket handshake without putting it in the URL.
+func tokenFromSubprotocols(r *http.Request) (string, bool) {
+	for _, h := range r.Header.Values("Sec-WebSocket-Protocol") {
+		for _, p := range strings.Split(h, ",") {
+			if enc, ok := strings.CutPrefix(strings.TrimSpace(p), "bearer."); ok {
+				b, err := base64.RawURLEncoding.DecodeString(enc)
+				if err != nil {
+					return "", false
+				}
+				return string(b), true
+			}
+		}
+	}
+	return "", false
 }
 
 // jobView is a job as the API shows it: with the URLs to follow it.

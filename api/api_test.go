@@ -4,6 +4,7 @@ import (
 	"archive/zip"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -34,6 +35,12 @@ type env struct {
 // newEnv runs the real service, store and handlers with the fake executor.
 func newEnv(t *testing.T, maxUpload int64) *env {
 	t.Helper()
+	return newEnvWith(t, func(c *api.Config) { c.MaxUpload = maxUpload })
+}
+
+// newEnvWith is newEnv with the API configuration changed by tweak.
+func newEnvWith(t *testing.T, tweak func(*api.Config)) *env {
+	t.Helper()
 	dir := t.TempDir()
 	store, err := persistence.Open(context.Background(), filepath.Join(dir, "ci.db"))
 	if err != nil {
@@ -49,7 +56,9 @@ func newEnv(t *testing.T, maxUpload int64) *env {
 		t.Fatal(err)
 	}
 	events := ws.NewHandler(svc, nil)
-	h := api.NewHandler(svc, api.Config{Events: events, JobEvents: http.HandlerFunc(events.ServeJobs), UI: webui.Handler(), MaxUpload: maxUpload})
+	cfg := api.Config{Events: events, JobEvents: http.HandlerFunc(events.ServeJobs), UI: webui.Handler()}
+	tweak(&cfg)
+	h := api.NewHandler(svc, cfg)
 	srv := httptest.NewServer(h)
 	t.Cleanup(func() {
 		srv.Close()
@@ -420,7 +429,8 @@ func TestCancelAndTimeoutParams(t *testing.T) {
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("cancel: status %d, want 200", resp.StatusCode)
+		getJSON(t, e.srv.URL+"/api/v1/jobs/"+j.ID, http.StatusOK, &got)
+		t.Fatalf("cancel: status %d, want 200 (job %+v)", resp.StatusCode, got)
 	}
 	e.wait(t, j.ID)
 	getJSON(t, e.srv.URL+"/api/v1/jobs/"+j.ID, http.StatusOK, &got)
@@ -449,5 +459,81 @@ func TestCancelAndTimeoutParams(t *testing.T) {
 		if resp.StatusCode != http.StatusBadRequest {
 			t.Fatalf("timeout=%s: status %d, want 400", bad, resp.StatusCode)
 		}
+	}
+}
+
+func TestAuth(t *testing.T) {
+	const token = "s3cret-token-for-tests"
+	for _, private := range []bool{false, true} {
+		e := newEnvWith(t, func(c *api.Config) { c.Token, c.Private = token, private })
+		do := func(method, path, auth string, body []byte) int {
+			t.Helper()
+			req, _ := http.NewRequest(method, e.srv.URL+path, bytes.NewReader(body))
+			if auth != "" {
+				req.Header.Set("Authorization", auth)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode == http.StatusUnauthorized {
+				var b map[string]string
+				json.NewDecoder(resp.Body).Decode(&b)
+				if b["code"] != "unauthorized" || resp.Header.Get("WWW-Authenticate") == "" {
+					t.Fatalf("401 body %v / header %q, want code unauthorized and WWW-Authenticate", b, resp.Header.Get("WWW-Authenticate"))
+				}
+			}
+			return resp.StatusCode
+		}
+		zip := project(t, 1, 0)
+		if got := do("POST", "/api/v1/jobs", "", zip); got != 401 {
+			t.Fatalf("private=%v: submit without token: %d, want 401", private, got)
+		}
+		if got := do("POST", "/api/v1/jobs", "Bearer wrong-token-xyz", zip); got != 401 {
+			t.Fatalf("private=%v: submit with a wrong token: %d, want 401", private, got)
+		}
+		if got := do("POST", "/api/v1/jobs", "Bearer "+token, zip); got != 201 {
+			t.Fatalf("private=%v: submit with the token: %d, want 201", private, got)
+		}
+		if got := do("POST", "/api/v1/jobs/x/cancel", "", nil); got != 401 {
+			t.Fatalf("private=%v: cancel without token: %d, want 401", private, got)
+		}
+		wantRead := 200
+		if private {
+			wantRead = 401
+		}
+		if got := do("GET", "/api/v1/jobs", "", nil); got != wantRead {
+			t.Fatalf("private=%v: list without token: %d, want %d", private, got, wantRead)
+		}
+		if got := do("GET", "/api/v1/jobs", "Bearer "+token, nil); got != 200 {
+			t.Fatalf("private=%v: list with token: %d, want 200", private, got)
+		}
+		for _, path := range []string{"/", "/healthz"} {
+			if got := do("GET", path, "", nil); got != 200 {
+				t.Fatalf("private=%v: GET %s without token: %d, want 200", private, path, got)
+			}
+		}
+		// The WebSocket feed, from a "browser": the token as a subprotocol.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		wsURL := "ws" + strings.TrimPrefix(e.srv.URL, "http") + "/api/v1/events"
+		c0, resp, err := websocket.Dial(ctx, wsURL, nil)
+		if c0 != nil {
+			c0.CloseNow()
+		}
+		if private && (err == nil || resp == nil || resp.StatusCode != 401) {
+			t.Fatalf("private feed without token: err=%v resp=%v, want 401", err, resp)
+		}
+		c, _, err := websocket.Dial(ctx, wsURL, &websocket.DialOptions{
+			Subprotocols: []string{"ci.v1", "bearer." + base64.RawURLEncoding.EncodeToString([]byte(token))},
+		})
+		if err != nil {
+			t.Fatalf("private=%v: feed with token subprotocol: %v", private, err)
+		}
+		if c.Subprotocol() != "ci.v1" {
+			t.Fatalf("selected subprotocol %q, want ci.v1", c.Subprotocol())
+		}
+		c.CloseNow()
+		cancel()
 	}
 }

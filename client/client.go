@@ -55,6 +55,9 @@ type Client struct {
 	// number within the current outage (1 for the first) and the delay
 	// before it. It is called on Follow's goroutine.
 	OnReconnect func(err error, attempt int, delay time.Duration)
+	// Token, when set, is sent as "Authorization: Bearer <Token>" with every
+	// request, WebSocket handshakes included (ci-server --token).
+	Token string
 }
 
 // Option configures a Client made by New.
@@ -193,7 +196,7 @@ func (c *Client) endpoint(q url.Values, elems ...string) (string, error) {
 // do sends req and decodes a JSON answer with one of the ok statuses into
 // v; other statuses become an *Error.
 func (c *Client) do(req *http.Request, v any, ok ...int) error {
-	resp, err := c.HTTPClient.Do(req)
+	resp, err := c.send(req)
 	if err != nil {
 		return err
 	}
@@ -209,6 +212,24 @@ func (c *Client) do(req *http.Request, v any, ok ...int) error {
 		return fmt.Errorf("decode response: %w", err)
 	}
 	return nil
+}
+
+// send sends req with the client's token.
+func (c *Client) send(req *http.Request) (*http.Response, error) {
+	c.authorize(req.Header)
+	return c.HTTPClient.Do(req)
+}
+
+// authorize adds the token, if any, to h.
+func (c *Client) authorize(h http.Header) {
+	if c.Token != "" {
+		h.Set("Authorization", "Bearer "+c.Token)
+	}
+}
+
+// WithToken sets the bearer token sent with every request.
+func WithToken(token string) Option {
+	return func(c *Client) { c.Token = token }
 }
 
 // Submit uploads a project zip read from body and queues a job that runs
@@ -329,7 +350,7 @@ func (c *Client) Log(ctx context.Context, id string) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, fmt.Errorf("get log: %w", err)
 	}
-	resp, err := c.HTTPClient.Do(req)
+	resp, err := c.send(req)
 	if err != nil {
 		return nil, fmt.Errorf("get log %s: %w", id, err)
 	}

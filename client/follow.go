@@ -97,8 +97,11 @@ func (c *Client) followOnce(ctx context.Context, id string, last *int64, fn func
 		return err
 	}
 
+	header := http.Header{}
+	c.authorize(header)
 	conn, resp, err := websocket.Dial(connCtx, u, &websocket.DialOptions{
 		HTTPClient: c.HTTPClient,
+		HTTPHeader: header,
 		OnPingReceived: func(context.Context, []byte) bool {
 			watchdog.Reset(c.IdleTimeout)
 			return true

@@ -38,6 +38,9 @@ type Config struct {
 	// OutputTail is how much of the end of a job's output is kept past
 	// MaxOutput; 0 means DefaultOutputTail.
 	OutputTail int64
+	// Secrets are masked ("***") wherever they appear in a job's output,
+	// even split across chunks; for example the server's API token.
+	Secrets []string
 	// Logger receives the service's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -486,11 +489,14 @@ func (s *Service) Cancel(ctx context.Context, id string) (*Job, error) {
 	if err != nil {
 		return nil, err
 	}
+	if running {
+		// It may have ended already, by this cancel or on its own just
+		// before: either way the request is done.
+		s.log.Info("cancel requested", "job", id)
+		return job, nil
+	}
 	if job.Status.Terminal() {
 		return nil, Errorf(ECONFLICT, "job %s has already ended: %s", id, job.Status)
-	}
-	if running {
-		s.log.Info("cancel requested", "job", id)
 	}
 	return job, nil
 }
@@ -539,6 +545,7 @@ func (s *Service) run(ctx context.Context, job *Job) {
 	defer cancel()
 
 	out := &recordOutput{rec: rec, limit: s.cfg.MaxOutput, tailMax: s.cfg.OutputTail}
+	out.mask[0].secrets, out.mask[1].secrets = s.cfg.Secrets, s.cfg.Secrets
 	spec := Spec{JobID: job.ID, Archive: s.archives.Path(job.Archive), Args: job.Args}
 	res, err := s.exec.Run(rctx, spec, out)
 	out.flush()
@@ -611,6 +618,7 @@ func failReason(code int) string {
 type recordOutput struct {
 	rec            *recorder
 	stdout, stderr utf8Splitter
+	mask           [2]masker // stdout, stderr
 
 	limit, tailMax int64
 	written        int64 // bytes recorded live
@@ -625,13 +633,13 @@ type tailChunk struct {
 }
 
 func (o *recordOutput) Write(stream string, p []byte) error {
-	sp := &o.stdout
+	sp, m := &o.stdout, &o.mask[0]
 	if stream == StreamStderr {
-		sp = &o.stderr
+		sp, m = &o.stderr, &o.mask[1]
 	} else {
 		stream = StreamStdout
 	}
-	return o.record(stream, sp.Next(p))
+	return o.record(stream, m.Next(sp.Next(p)))
 }
 
 func (o *recordOutput) record(stream, text string) error {
@@ -668,8 +676,8 @@ func (o *recordOutput) record(stream, text string) error {
 // flush records what the splitters hold back and the tail kept past the
 // limit, after a marker if anything was dropped.
 func (o *recordOutput) flush() {
-	o.record(StreamStdout, o.stdout.Flush())
-	o.record(StreamStderr, o.stderr.Flush())
+	o.record(StreamStdout, o.mask[0].Flush(o.mask[0].Next(o.stdout.Flush())))
+	o.record(StreamStderr, o.mask[1].Flush(o.mask[1].Next(o.stderr.Flush())))
 	if o.dropped > 0 {
 		o.rec.Log(StreamStderr, fmt.Sprintf("\n[ci: output passed the limit of %s: %s dropped; the last %s follows]\n",
 			formatBytes(o.limit), formatBytes(o.dropped), formatBytes(o.tailBytes)))
@@ -697,4 +705,45 @@ func formatBytes(n int64) string {
 		return unit(1<<10, "KiB")
 	}
 	return fmt.Sprintf("%d bytes", n)
+}
+
+// masker replaces secrets in a stream of text chunks with "***". It holds
+// back the end of a chunk only while that end could be the start of a
+// secret, so ordinary output (progress dots) is never delayed.
+type masker struct {
+	secrets []string
+	held    string
+}
+
+// Next returns the masked text that is safe to emit now.
+func (m *masker) Next(text string) string {
+	if len(m.secrets) == 0 {
+		return text
+	}
+	s := m.held + text
+	m.held = ""
+	for _, secret := range m.secrets {
+		if secret != "" {
+			s = strings.ReplaceAll(s, secret, "***")
+		}
+	}
+	hold := 0
+	for _, secret := range m.secrets {
+		for k := min(len(secret)-1, len(s)); k > hold; k-- {
+			if strings.HasSuffix(s, secret[:k]) {
+				hold = k
+				break
+			}
+		}
+	}
+	m.held = s[len(s)-hold:]
+	return s[:len(s)-hold]
+}
+
+// Flush returns text followed by whatever is held back (at the end of the
+// stream, where no secret can complete any more).
+func (m *masker) Flush(text string) string {
+	text += m.held
+	m.held = ""
+	return text
 }

@@ -556,6 +556,12 @@ func TestCancelRunningJob(t *testing.T) {
 	if ev.Status != StatusCanceled || ev.Reason != "canceled by user" || ev.ExitCode != nil {
 		t.Fatalf("terminal event %+v, want canceled by user without exit code", ev)
 	}
+	// Once the worker has let go of it, a second cancel is a conflict.
+	waitFor(t, func() bool {
+		env.svc.mu.Lock()
+		defer env.svc.mu.Unlock()
+		return env.svc.running[job.ID] == nil
+	})
 	if _, err := env.svc.Cancel(context.Background(), job.ID); ErrorCode(err) != ECONFLICT {
 		t.Fatalf("cancel of an ended job: %v, want ECONFLICT", err)
 	}
@@ -663,5 +669,25 @@ func TestOutputCap(t *testing.T) {
 	}
 	if !utf8.ValidString(got) {
 		t.Fatal("stored text is not valid UTF-8 after the cut")
+	}
+}
+
+func TestMaskerHidesSecretsAcrossChunks(t *testing.T) {
+	const secret = "tok-123456789"
+	text := "before tok-123456789 middle tok-123456789 after . . ."
+	for cut1 := 0; cut1 <= len(text); cut1 += 3 {
+		for cut2 := cut1; cut2 <= len(text); cut2 += 5 {
+			m := masker{secrets: []string{secret}}
+			got := m.Next(text[:cut1]) + m.Next(text[cut1:cut2])
+			got = m.Flush(got + m.Next(text[cut2:]))
+			if want := "before *** middle *** after . . ."; got != want {
+				t.Fatalf("cuts %d,%d: %q, want %q", cut1, cut2, got, want)
+			}
+		}
+	}
+	// Output that can't start a secret is not held back.
+	m := masker{secrets: []string{secret}}
+	if got := m.Next("collected 3 items\ntest_a.py ."); got != "collected 3 items\ntest_a.py ." {
+		t.Fatalf("held back %q", got)
 	}
 }

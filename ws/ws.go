@@ -25,6 +25,10 @@ type Source interface {
 	WatchJobs(ctx context.Context, limit int, fn func(snapshot []*jobs.Job, change *jobs.Job) error) error
 }
 
+// Subprotocol is the WebSocket subprotocol the server selects when a
+// client offers it (browsers offer it beside their token).
+const Subprotocol = "ci.v1"
+
 // Defaults of a Handler.
 const (
 	DefaultPingInterval = 30 * time.Second
@@ -155,7 +159,9 @@ func (h *Handler) ServeJobs(w http.ResponseWriter, r *http.Request) {
 // with write until it returns. A nil return closes the stream normally
 // (1000); server shutdown closes it with 1001.
 func (h *Handler) stream(w http.ResponseWriter, r *http.Request, log *slog.Logger, produce func(ctx context.Context, write func(v any) error) error) {
-	c, err := websocket.Accept(w, r, nil)
+	// Browsers that send a token as a subprotocol (see api) must get one
+	// protocol back, or they drop the connection.
+	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{Subprotocols: []string{Subprotocol}})
 	if err != nil {
 		return // Accept has written the HTTP error
 	}

@@ -66,6 +66,8 @@ type Main struct {
 	MaxOutput   int64
 	MaxFiles    int
 	MaxUnpacked int64
+	Token       string
+	Private     bool
 	LogLevel    string
 
 	// Log is the server's logger; ParseFlags sets a text logger on stderr
@@ -115,6 +117,8 @@ func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
 	fs.Int64Var(&m.MaxOutput, "max-output", m.MaxOutput, "output stored per job in bytes; past it only the last 1 MiB is kept")
 	fs.IntVar(&m.MaxFiles, "max-files", m.MaxFiles, "most files an uploaded archive may hold")
 	fs.Int64Var(&m.MaxUnpacked, "max-unpacked", m.MaxUnpacked, "most bytes an uploaded archive may unpack to")
+	fs.StringVar(&m.Token, "token", os.Getenv("CI_SERVER_TOKEN"), "API token that submit and cancel need (default $CI_SERVER_TOKEN); clients send it from $CI_TOKEN")
+	fs.BoolVar(&m.Private, "private", m.Private, "make every API read need the token too")
 	fs.StringVar(&m.LogLevel, "log-level", m.LogLevel, "log level: debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: ci-server [flags]\n\nRuns the ci service. Flags:\n%s", fs.FlagUsages())
@@ -139,6 +143,12 @@ func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
 	}
 	if m.MaxFiles < 1 || m.MaxUnpacked < 1 {
 		return fmt.Errorf("--max-files and --max-unpacked must be positive")
+	}
+	if m.Token != "" && len(m.Token) < 16 {
+		return errors.New("--token must be at least 16 characters long")
+	}
+	if m.Private && m.Token == "" {
+		return errors.New("--private needs --token (or CI_SERVER_TOKEN)")
 	}
 	if m.MaxUpload < 1 {
 		return fmt.Errorf("--max-upload must be positive, got %d", m.MaxUpload)
@@ -200,6 +210,7 @@ func (m *Main) Run(ctx context.Context) error {
 		MaxOutput:   m.MaxOutput,
 		MaxFiles:    m.MaxFiles,
 		MaxUnpacked: m.MaxUnpacked,
+		Secrets:     secrets(m.Token),
 		Logger:      m.Log.With("component", "jobs"),
 	})
 	if err := m.service.Start(ctx); err != nil {
@@ -211,6 +222,8 @@ func (m *Main) Run(ctx context.Context) error {
 		JobEvents: http.HandlerFunc(m.events.ServeJobs),
 		UI:        webui.Handler(),
 		MaxUpload: m.MaxUpload,
+		Token:     m.Token,
+		Private:   m.Private,
 		Logger:    m.Log.With("component", "api"),
 	})
 
@@ -229,7 +242,8 @@ func (m *Main) Run(ctx context.Context) error {
 			m.Log.Error("serve", "err", err)
 		}
 	}()
-	m.Log.Info("ci-server listening", "addr", ln.Addr().String(), "data", m.DataDir, "image", m.Image, "concurrency", m.Concurrency)
+	m.Log.Info("ci-server listening", "addr", ln.Addr().String(), "data", m.DataDir, "image", m.Image,
+		"concurrency", m.Concurrency, "auth", m.Token != "", "private", m.Private)
 	return nil
 }
 
@@ -263,4 +277,12 @@ func (m *Main) Close() error {
 		errs = append(errs, m.store.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// secrets lists the values masked in job output.
+func secrets(token string) []string {
+	if token == "" {
+		return nil
+	}
+	return []string{token}
 }

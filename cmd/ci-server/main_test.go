@@ -34,6 +34,8 @@ func TestParseFlags(t *testing.T) {
 		{"--max-upload", "-1"},
 		{"--job-timeout", "0s"},
 		{"--max-queued", "0"},
+		{"--token", "short"},
+		{"--private"},
 		{"--nope"},
 		{"extra"},
 	} {

@@ -80,6 +80,7 @@ Usage:
   ci help [command]
 
 The server is --server URL, else $CI_SERVER, else ` + defaultServer + `.
+A server started with --token needs $CI_TOKEN.
 
 Exit codes: 0 tests passed; pytest's code when they failed (1 tests failed,
 5 no tests collected, ...); 124 timed out; 125 ci could not run the tests;
@@ -202,7 +203,7 @@ func checkServer(s string) error {
 
 // client returns a client of the server, with a reconnect notice on stderr.
 func (c *cli) client() *client.Client {
-	return client.New(c.server, client.WithReconnectNotice(func(err error, attempt int, _ time.Duration) {
+	return client.New(c.server, client.WithToken(os.Getenv("CI_TOKEN")), client.WithReconnectNotice(func(err error, attempt int, _ time.Duration) {
 		if attempt == 1 {
 			fmt.Fprintf(c.stderr, "ci: connection to ci-server lost (%v); reconnecting…\n", rootCause(err))
 		}
