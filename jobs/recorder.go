@@ -11,14 +11,17 @@ import (
 
 // Limits of the recorder's group commit.
 const (
-	// maxPending is how many events may wait for a commit before emitters
-	// block: back-pressure on the executor instead of unbounded memory.
-	maxPending = 4096
+	// maxPending and maxPendingBytes bound what may wait for a commit
+	// before emitters block: back-pressure on the executor instead of
+	// unbounded memory when the store is slower than the output.
+	maxPending      = 4096
+	maxPendingBytes = 4 << 20
 	// maxBatch is the most events written in one transaction.
 	maxBatch = 1024
 	// maxMergedText is how large a pending log event may grow by merging
 	// chunks of the same stream that arrive while a commit is in flight.
-	maxMergedText = 64 << 10
+	// It also bounds what one event costs a subscriber's buffer.
+	maxMergedText = 16 << 10
 )
 
 // recorder is the single writer of one job's event log. It assigns seqs,
@@ -36,13 +39,14 @@ type recorder struct {
 	broker *Broker
 	log    *slog.Logger
 
-	mu      sync.Mutex
-	cond    *sync.Cond // signals: pending drained, or closing
-	job     Job        // latest state, including changes not yet persisted
-	saved   Job        // state as of the last event handed to the writer
-	pending []pendingEvent
-	closing bool
-	err     error // first commit error; once set, nothing more is recorded
+	mu           sync.Mutex
+	cond         *sync.Cond // signals: pending drained, or closing
+	job          Job        // latest state, including changes not yet persisted
+	saved        Job        // state as of the last event handed to the writer
+	pending      []pendingEvent
+	pendingBytes int // text bytes in pending
+	closing      bool
+	err          error // first commit error; once set, nothing more is recorded
 
 	wake chan struct{} // capacity 1: there is pending work
 	done chan struct{} // closed when the writer goroutine exits
@@ -76,7 +80,7 @@ func newRecorder(store Store, broker *Broker, log *slog.Logger, job *Job) *recor
 // emitLocked assigns the next seq to ev and queues it, with a snapshot of
 // the job when it is a status event. r.mu must be held.
 func (r *recorder) emitLocked(ev Event) error {
-	for len(r.pending) >= maxPending && r.err == nil && !r.closing {
+	for (len(r.pending) >= maxPending || r.pendingBytes >= maxPendingBytes) && r.err == nil && !r.closing {
 		r.cond.Wait()
 	}
 	if r.err != nil {
@@ -89,6 +93,7 @@ func (r *recorder) emitLocked(ev Event) error {
 		last := &r.pending[n-1].ev
 		if last.Type == EventLog && last.Stream == ev.Stream && len(last.Text)+len(ev.Text) <= maxMergedText {
 			last.Text += ev.Text
+			r.pendingBytes += len(ev.Text)
 			return nil
 		}
 	}
@@ -104,6 +109,7 @@ func (r *recorder) emitLocked(ev Event) error {
 		pe.job = &snap
 	}
 	r.pending = append(r.pending, pe)
+	r.pendingBytes += len(ev.Text)
 	select {
 	case r.wake <- struct{}{}:
 	default:
@@ -184,6 +190,7 @@ func (r *recorder) run() {
 			var changes []Job // the job after each status change, for PublishJob
 			for i, pe := range r.pending[:n] {
 				batch[i] = pe.ev
+				r.pendingBytes -= len(pe.ev.Text)
 				if pe.job != nil {
 					r.saved = *pe.job
 					change := *pe.job
@@ -205,7 +212,7 @@ func (r *recorder) run() {
 			if err := r.commit(&snap, batch); err != nil {
 				r.mu.Lock()
 				r.err = err
-				r.pending = nil
+				r.pending, r.pendingBytes = nil, 0
 				r.cond.Broadcast()
 				r.mu.Unlock()
 				r.log.Error("record events", "job", snap.ID, "err", err)

@@ -259,8 +259,10 @@ func (s *Service) Events(ctx context.Context, id string, after int64, limit int)
 	return s.store.Events(ctx, id, after, limit)
 }
 
-// replayPage is how many events Follow reads from the store at a time.
-const replayPage = 1000
+// replayPage is how many events Follow reads from the store at a time: at
+// most replayPage*maxMergedText bytes of text (4 MiB) in memory per
+// follower catching up.
+const replayPage = 256
 
 // Follow calls fn with every event of the job with seq > after, in seq
 // order and each exactly once: first those already stored, then new ones as
