@@ -1,0 +1,165 @@
+// logview.js: renders a job's output into the DOM, fast enough for very
+// large logs. Lines live in blocks of BLOCK lines (CSS content-visibility
+// lets the browser skip the ones off screen); with a cap, only the newest
+// lines stay in the DOM and older blocks are dropped whole.
+
+import { AnsiParser } from "./ansi.js";
+
+// BLOCK is the number of lines in one block element.
+export const BLOCK = 500;
+
+// SUMMARY matches pytest's final line: "==== 1 failed, 3 passed in 4.05s ====".
+const SUMMARY = /^=+ (.*\b(?:passed|failed|errors?|skipped|xfailed|xpassed|deselected|warnings?|no tests ran)\b.*? in [\d.]+s(?: \([^)]*\))?) =+\s*$/;
+
+// LogView is the sink of an AnsiParser: it turns styled runs into line
+// elements inside root.
+export class LogView {
+  constructor(root, { cap = Infinity, onSummary = () => {} } = {}) {
+    this.root = root;
+    this.cap = cap;
+    this.onSummary = onSummary;
+    this.clear();
+  }
+
+  // clear empties the view and restarts parsing from scratch.
+  clear() {
+    this.root.textContent = "";
+    this.parser = new AnsiParser();
+    this.done = 0;       // completed lines seen (newlines)
+    this.first = 1;      // number of the first line in the DOM
+    this.domLines = 0;   // line elements in the DOM
+    this.skip = 0;       // lines still to skip without rendering
+    this.blk = null;     // the block new lines go into
+    this.blkLines = 0;
+    this.line = null;    // the open line element, or null
+    this.lastText = null; // its last text node, for merging runs
+    this.lastKey = null;
+    this.lineText = "";
+    this.err = false;
+    this.made = 0;       // line elements created, ever
+  }
+
+  // write parses a chunk of output from stream ("stdout" or "stderr"). nl,
+  // when given, is the number of newlines in text: a chunk that will be
+  // skipped whole and has no escape sequence is then only counted.
+  write(stream, text, nl) {
+    if (this.skip > nl && this.parser.plain && text.indexOf("\x1b") < 0 && text.indexOf("\x9b") < 0) {
+      this.done += nl;
+      this.skip -= nl;
+      if (nl > 0) this.lineText = "";
+      if (text) this.parser.cr = text.charCodeAt(text.length - 1) === 0x0d;
+      return;
+    }
+    this.err = stream === "stderr";
+    this.parser.feed(text, this);
+  }
+
+  // hidden returns the number of lines that are not in the DOM.
+  get hidden() {
+    return this.skip > 0 ? this.done : this.first - 1;
+  }
+
+  // lines returns the number of lines seen, the open one included.
+  get lines() {
+    return this.done + (this.line || this.lineText ? 1 : 0);
+  }
+
+  // fastForward drops the DOM and skips the next n lines without
+  // rendering them: they would be capped away anyway.
+  fastForward(n) {
+    if (n <= 0) return;
+    this.root.textContent = "";
+    this.domLines = 0;
+    this.blk = null;
+    this.line = null;
+    this.lastText = null;
+    this.skip = n;
+  }
+
+  // trim removes whole blocks from the top while more than cap lines are
+  // in the DOM.
+  trim() {
+    while (this.domLines > this.cap) {
+      const b = this.root.firstElementChild;
+      if (!b || b === this.blk) break;
+      const n = b.childElementCount;
+      b.remove();
+      this.domLines -= n;
+      this.first += n;
+    }
+  }
+
+  // The AnsiParser sink.
+
+  text(s, style) {
+    if (this.lineText.length < 400) this.lineText += s;
+    if (this.skip > 0) return;
+    if (!this.line) this.openLine();
+    const key = this.err ? "e" + style.key : style.key;
+    if (this.lastText && this.lastKey === key) {
+      this.lastText.appendData(s);
+      return;
+    }
+    const t = document.createTextNode(s);
+    if (key === "") {
+      this.line.appendChild(t);
+    } else {
+      const span = document.createElement("span");
+      span.className = this.err ? (style.cls ? style.cls + " e" : "e") : style.cls;
+      if (style.fg) span.style.color = style.fg;
+      if (style.bg) span.style.backgroundColor = style.bg;
+      span.appendChild(t);
+      this.line.appendChild(span);
+      if (this.err && !this.line.classList.contains("le")) this.line.classList.add("le");
+    }
+    this.lastText = t;
+    this.lastKey = key;
+  }
+
+  newline() {
+    this.done++;
+    const text = this.lineText;
+    this.lineText = "";
+    if (text.charCodeAt(0) === 0x3d) { // "="
+      const m = SUMMARY.exec(text);
+      if (m) this.onSummary(m[1]);
+    }
+    if (this.skip > 0) {
+      if (--this.skip === 0) this.first = this.done + 1;
+      return;
+    }
+    if (!this.line) this.openLine();
+    this.line.appendChild(document.createTextNode("\n"));
+    this.line = null;
+    this.lastText = null;
+  }
+
+  clearLine() {
+    this.lineText = "";
+    if (this.line) {
+      this.line.textContent = "";
+      this.line.classList.remove("le");
+      this.lastText = null;
+    }
+  }
+
+  openLine() {
+    if (!this.blk || this.blkLines >= BLOCK) {
+      this.blk = document.createElement("div");
+      this.blk.className = "blk";
+      this.root.appendChild(this.blk);
+      this.blkLines = 0;
+      if (this.domLines === 0) this.first = this.done + 1;
+    }
+    this.line = document.createElement("div");
+    this.line.className = "l";
+    // The line number (CSS counter): each block restarts it, as its
+    // content-visibility contains counters.
+    if (this.blkLines === 0) this.line.style.counterSet = "ln " + (this.done + 1);
+    this.blk.appendChild(this.line);
+    this.blkLines++;
+    this.domLines++;
+    this.made++;
+    this.lastText = null;
+  }
+}
