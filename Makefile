@@ -9,7 +9,7 @@ DATA        ?= ./data
 STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
 GOBIN       := $(shell $(GO) env GOPATH)/bin
 
-.PHONY: all build install image run test unit lint fmt clean
+.PHONY: all build install image run test unit lint fuzz fmt clean
 
 all: build
 
@@ -33,6 +33,12 @@ run: build install image
 
 test: lint
 	$(GO) test -race -count=1 ./...
+	$(MAKE) fuzz
+
+# fuzz runs the upload-intake fuzz test briefly (longer: FUZZTIME=10m).
+FUZZTIME ?= 15s
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzValidateZip -fuzztime $(FUZZTIME) ./jobs
 
 # unit runs the tests that need no Docker engine, quickly.
 unit:
