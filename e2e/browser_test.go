@@ -518,3 +518,40 @@ func TestBrowserLargeLog(t *testing.T) {
 		t.Errorf("after show all: %v lines, notice shown %v; want 200008 lines and no notice", all["lines"], all["hidden"])
 	}
 }
+
+// TestBrowserPrivateServer opens the pages of a server started with
+// --token --private: the page asks for the token once, then shows the job
+// live (the WebSocket carries the token as a subprotocol), and the list
+// opens in the same tab without asking again.
+func TestBrowserPrivateServer(t *testing.T) {
+	needBrowser(t)
+	needEngine(t)
+	const token = "browser-test-token-0123456789"
+	s := startServer(t, t.TempDir(), "--token", token, "--private")
+	t.Setenv("CI_TOKEN", token)
+	id := submitAsync(t, s, fixture(t, "passing"))
+
+	b := newBrowser(t)
+	b.open(s.url + "/jobs/" + id)
+	b.wait("the token dialog", `!!document.querySelector(".token-dialog[open] input")`, 30*time.Second)
+	b.screenshot("token-dialog.png")
+	eval[bool](b, `(() => {
+		document.querySelector(".token-dialog input").value = "not-the-token";
+		document.querySelector(".token-dialog form").requestSubmit();
+		return true;
+	})()`)
+	b.wait("the dialog again, saying the token was refused", `(() => {
+		const d = document.querySelector(".token-dialog[open]");
+		return d && d.textContent.includes("not accepted");
+	})()`, 30*time.Second)
+	eval[bool](b, `(() => {
+		document.querySelector(".token-dialog input").value = `+jsString(token)+`;
+		document.querySelector(".token-dialog form").requestSubmit();
+		return true;
+	})()`)
+	b.wait("the passed job with its log", `document.getElementById("badge").dataset.status === "passed" &&
+		document.getElementById("scroller").innerText.includes("2 passed")`, time.Minute)
+
+	b.open(s.url + "/")
+	b.wait("the list without a new prompt", `!!document.querySelector('tr.row[data-id=`+jsString(id)+`]') && !document.querySelector(".token-dialog")`, 30*time.Second)
+}

@@ -94,3 +94,97 @@ export function setConn(el, state) {
   el.textContent = text;
   el.hidden = text === "";
 }
+
+// Access to a server started with --token --private: the page asks for
+// the token once and keeps it for this tab only (sessionStorage). fetch
+// sends it as a bearer header; a WebSocket, which can't carry headers from
+// a browser, offers it as the subprotocol "bearer.<base64url>" beside
+// "ci.v1", which the server selects.
+
+const TOKEN_KEY = "ci.token";
+
+// token returns the token kept for this tab, or "".
+export function token() {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY) || "";
+  } catch {
+    return "";
+  }
+}
+
+function b64url(s) {
+  const bytes = new TextEncoder().encode(s);
+  let bin = "";
+  for (const b of bytes) bin += String.fromCharCode(b);
+  return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+// apiFetch is fetch with the tab's token. On 401 it asks for the token
+// (again, if the one kept was refused) and retries.
+export async function apiFetch(path, opts = {}) {
+  for (let refused = false; ; refused = true) {
+    const headers = new Headers(opts.headers || {});
+    const t = token();
+    if (t) headers.set("Authorization", "Bearer " + t);
+    const r = await fetch(path, { cache: "no-store", ...opts, headers });
+    if (r.status !== 401) return r;
+    await askToken(refused && t !== "");
+  }
+}
+
+// openSocket opens a WebSocket to a path of this server, with the tab's
+// token if there is one.
+export function openSocket(path) {
+  const t = token();
+  return t ? new WebSocket(wsURL(path), ["ci.v1", "bearer." + b64url(t)]) : new WebSocket(wsURL(path));
+}
+
+let asking = null;
+
+// askToken shows a dialog asking for the server's token and resolves once
+// one is entered. Concurrent callers share one dialog.
+export function askToken(refused) {
+  if (asking) return asking;
+  asking = new Promise((resolve) => {
+    const dlg = document.createElement("dialog");
+    dlg.className = "token-dialog";
+    dlg.setAttribute("aria-labelledby", "token-title");
+    const form = document.createElement("form");
+    form.method = "dialog";
+    const h = document.createElement("h2");
+    h.id = "token-title";
+    h.textContent = "This ci-server needs a token";
+    const p = document.createElement("p");
+    p.textContent = refused
+      ? "That token was not accepted. Enter the server's token (kept for this tab only)."
+      : "Enter the server's token (the one ci uses as CI_TOKEN). It is kept for this tab only.";
+    const label = document.createElement("label");
+    label.textContent = "Token";
+    const input = document.createElement("input");
+    input.type = "password";
+    input.name = "token";
+    input.required = true;
+    input.autocomplete = "current-password";
+    label.append(input);
+    const button = document.createElement("button");
+    button.type = "submit";
+    button.textContent = "Continue";
+    form.append(h, p, label, button);
+    dlg.append(form);
+    document.body.append(dlg);
+    form.addEventListener("submit", () => {
+      try {
+        sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+      } catch {
+        // storage off: the token lives as long as the page then
+      }
+      dlg.remove();
+      asking = null;
+      resolve();
+    });
+    dlg.addEventListener("cancel", (e) => e.preventDefault()); // nothing works without it
+    dlg.showModal();
+    input.focus();
+  });
+  return asking;
+}

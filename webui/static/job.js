@@ -8,7 +8,7 @@
 
 import {
   backoff, formatAbsolute, formatDuration, formatRelative, parseTime, rank,
-  setBadge, setConn, shortID, statusLabel, TERMINAL, wsURL,
+  setBadge, setConn, shortID, statusLabel, TERMINAL, apiFetch, openSocket,
 } from "./common.js";
 import { LogView } from "./logview.js";
 
@@ -130,7 +130,7 @@ setInterval(tick, 1000);
 // loadJob fetches the job JSON: "ok", "notfound" or "error".
 async function loadJob() {
   try {
-    const r = await fetch(api, { cache: "no-store" });
+    const r = await apiFetch(api);
     if (r.status === 404) return "notfound";
     if (!r.ok) return "error";
     applyJob(await r.json());
@@ -163,7 +163,7 @@ function retry() {
 }
 
 function connect() {
-  const sock = new WebSocket(wsURL(api + "/events?after=" + lastSeq));
+  const sock = openSocket(api + "/events?after=" + lastSeq);
   ws = sock;
   sock.onopen = () => {
     if (sock === ws) setConn(el.conn, "live");

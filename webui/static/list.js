@@ -2,7 +2,7 @@
 
 import {
   backoff, formatAbsolute, formatDuration, formatRelative, jobDuration,
-  parseTime, setBadge, setConn, shortID, TERMINAL, wsURL,
+  parseTime, setBadge, setConn, shortID, TERMINAL, apiFetch, openSocket,
 } from "./common.js";
 
 const LIMIT = 50;  // jobs asked for in a snapshot
@@ -30,7 +30,7 @@ function upsert(job) {
 }
 
 function connect() {
-  const sock = new WebSocket(wsURL("/api/v1/events?limit=" + LIMIT));
+  const sock = openSocket("/api/v1/events?limit=" + LIMIT);
   ws = sock;
   sock.onmessage = (m) => {
     if (sock !== ws) return;
@@ -64,7 +64,7 @@ function connect() {
 // can't be had.
 async function fallback() {
   try {
-    const r = await fetch("/api/v1/jobs?limit=" + LIMIT, { cache: "no-store" });
+    const r = await apiFetch("/api/v1/jobs?limit=" + LIMIT);
     if (!r.ok || loaded) return;
     const data = await r.json();
     if (loaded) return;
