@@ -371,3 +371,15 @@ func TestCtrlCCancelsSubmit(t *testing.T) {
 		t.Fatalf("%d containers left behind after Ctrl-C", n)
 	}
 }
+
+// TestSandbox runs a fixture whose tests pass only inside ci's sandbox:
+// non-root, read-only project and root fs, loopback only, no
+// capabilities, no new privileges, memory and pids limits.
+func TestSandbox(t *testing.T) {
+	needEngine(t)
+	s := startServer(t, t.TempDir())
+	r := s.ci(t, fixture(t, "sandbox"), "submit", "test", "--", "-v")
+	if r.code != 0 || !strings.Contains(r.stdout, "8 passed") {
+		t.Fatalf("exit %d, want 0 with every defence holding:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}

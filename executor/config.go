@@ -1,7 +1,13 @@
 package executor
 
 import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/strslice"
 
 	"ci/jobs"
 )
@@ -10,20 +16,132 @@ import (
 const (
 	// Workspace is where the project is unpacked and pytest runs.
 	Workspace = "/workspace"
+	// Tmp is the writable tmpfs of a test container, also its HOME.
+	Tmp = "/tmp"
 	// LabelJob is the container label holding the job ID.
 	LabelJob = "ci.job"
 )
 
+// The limits a test container gets when DockerConfig leaves them zero.
+const (
+	DefaultMemory    int64 = 2 << 30   // 2 GiB
+	DefaultCPUs            = 1.0       // one CPU's worth of time
+	DefaultPids      int64 = 512       // processes and threads
+	DefaultTmpfsSize int64 = 512 << 20 // 512 MiB, charged to Memory
+	// DefaultUser is "nobody:nogroup" by number: it needs no entry in the
+	// image's /etc/passwd.
+	DefaultUser      = "65534:65534"
+	DefaultStopGrace = 5 * time.Second
+)
+
+// Limits are the identity and resource limits every test container runs
+// with, after defaults are applied.
+type Limits struct {
+	// User is the numeric "uid:gid" the tests run as; neither is 0.
+	User string
+	// Memory is the memory limit in bytes (the tmpfs at /tmp counts
+	// towards it). Swap is not allowed on top of it. A test process that
+	// goes over it is killed and Run reports Result.OOMKilled.
+	Memory int64
+	// CPUs is how many CPUs' worth of time the tests may use.
+	CPUs float64
+	// Pids is the most processes and threads that may exist at once.
+	Pids int64
+	// TmpfsSize is the size in bytes of the tmpfs at /tmp.
+	TmpfsSize int64
+	// StopGrace is how long the tests get between SIGTERM and SIGKILL when
+	// a run is canceled, in whole seconds (the Engine API counts seconds).
+	StopGrace time.Duration
+}
+
+// limits returns cfg's limits with defaults for zero fields, or an error
+// if one is out of range.
+func (cfg DockerConfig) limits() (Limits, error) {
+	l := Limits{
+		User:      cfg.User,
+		Memory:    cfg.Memory,
+		CPUs:      cfg.CPUs,
+		Pids:      cfg.Pids,
+		TmpfsSize: cfg.TmpfsSize,
+		StopGrace: cfg.StopGrace,
+	}
+	if l.User == "" {
+		l.User = DefaultUser
+	}
+	if l.Memory == 0 {
+		l.Memory = DefaultMemory
+	}
+	if l.CPUs == 0 {
+		l.CPUs = DefaultCPUs
+	}
+	if l.Pids == 0 {
+		l.Pids = DefaultPids
+	}
+	if l.TmpfsSize == 0 {
+		l.TmpfsSize = DefaultTmpfsSize
+	}
+	if l.StopGrace == 0 {
+		l.StopGrace = DefaultStopGrace
+	}
+	if l.StopGrace > 0 {
+		// Whole seconds, as the engine counts them.
+		l.StopGrace = (l.StopGrace + time.Second - 1).Truncate(time.Second)
+	}
+
+	if err := checkUser(l.User); err != nil {
+		return Limits{}, err
+	}
+	switch {
+	case l.Memory < 6<<20: // the engine's own minimum
+		return Limits{}, fmt.Errorf("memory limit %d bytes: want at least 6 MiB", l.Memory)
+	case !(l.CPUs >= 0.01): // also NaN
+		return Limits{}, fmt.Errorf("CPU limit %g: want at least 0.01", l.CPUs)
+	case l.Pids < 8:
+		return Limits{}, fmt.Errorf("pids limit %d: want at least 8", l.Pids)
+	case l.TmpfsSize < 0:
+		return Limits{}, fmt.Errorf("tmpfs size %d: want a positive size", l.TmpfsSize)
+	case l.StopGrace <= 0:
+		return Limits{}, fmt.Errorf("stop grace %v: want a positive duration", cfg.StopGrace)
+	}
+	return l, nil
+}
+
+// checkUser checks that user is a numeric "uid:gid" that is not root's.
+// Both are needed: with a bare uid missing from /etc/passwd the engine
+// falls back to gid 0.
+func checkUser(user string) error {
+	uid, gid, ok := strings.Cut(user, ":")
+	if !ok {
+		return fmt.Errorf("user %q: want a numeric uid:gid", user)
+	}
+	for _, s := range []string{uid, gid} {
+		n, err := strconv.ParseUint(s, 10, 32)
+		if err != nil {
+			return fmt.Errorf("user %q: want a numeric uid:gid", user)
+		}
+		if n == 0 {
+			return fmt.Errorf("user %q: the tests must not run as root or with group root", user)
+		}
+	}
+	return nil
+}
+
 // containerConfig returns the configuration of the container that runs
-// spec's tests with the given image. It is pure: everything the container
-// is made of is decided here, so it can be table-tested.
-func containerConfig(spec jobs.Spec, image string) (*container.Config, *container.HostConfig) {
+// spec's tests with the given image and limits. It is pure: everything the
+// container is made of is decided here, so it can be table-tested.
+func containerConfig(spec jobs.Spec, image string, lim Limits) (*container.Config, *container.HostConfig) {
 	cmd := append([]string{"python", "-m", "pytest", "-p", "no:cacheprovider"}, spec.Args...)
+	grace := int(lim.StopGrace / time.Second)
 	cfg := &container.Config{
 		Image:      image,
 		Cmd:        cmd,
 		WorkingDir: Workspace,
+		// Numeric, so it needs no /etc/passwd entry in the image.
+		User: lim.User,
 		Env: []string{
+			// The root fs is read-only: whatever writes under ~ (pip,
+			// matplotlib, ...) writes to the tmpfs.
+			"HOME=" + Tmp,
 			// src/ layouts import without installing the project.
 			"PYTHONPATH=" + Workspace + "/src:" + Workspace,
 			// No .pyc files written into the project.
@@ -41,16 +159,44 @@ func containerConfig(spec jobs.Spec, image string) (*container.Config, *containe
 		OpenStdin:    false,
 		AttachStdout: true,
 		AttachStderr: true,
-		// An anonymous volume, so the project can be copied in even when
-		// the root fs is read-only. Removed with the container.
+		// An anonymous volume, so the project can be copied in although
+		// the root fs is read-only. Its root directory and the copied
+		// entries are owned by root (0755/0644), so the tests can read
+		// but not write them. Removed with the container.
 		Volumes: map[string]struct{}{Workspace: {}},
-		// Hardening seam (later issue): User (non-root).
+		// A stop (Run canceled, or a `docker stop` by hand) sends SIGTERM,
+		// whatever the image says, and SIGKILL after the grace.
+		StopSignal:  "SIGTERM",
+		StopTimeout: &grace,
 	}
+	withInit := true
+	pids := lim.Pids
 	host := &container.HostConfig{
-		NetworkMode: "none",
-		// Hardening seam (later issue): ReadonlyRootfs with a tmpfs /tmp,
-		// CapDrop ALL, SecurityOpt no-new-privileges, and Resources
-		// (Memory, NanoCPUs, PidsLimit).
+		// No network at all: only the loopback interface exists.
+		NetworkMode:    "none",
+		ReadonlyRootfs: true,
+		// The only writable place besides /dev/shm. exec is allowed: it
+		// is where pytest's tmp_path lives, and tests legitimately write
+		// helper scripts or build small binaries there and run them.
+		// noexec would buy little, since the tests run arbitrary Python
+		// anyway (an interpreter reads a script without exec'ing it).
+		// nosuid and nodev keep it from granting anything.
+		Tmpfs: map[string]string{
+			Tmp: fmt.Sprintf("rw,exec,nosuid,nodev,size=%d,mode=1777", lim.TmpfsSize),
+		},
+		CapDrop:     strslice.StrSlice{"ALL"},
+		SecurityOpt: []string{"no-new-privileges"},
+		// docker-init (tini) as PID 1: it passes SIGTERM on to pytest (a
+		// PID 1 without a handler for it would ignore it, so every stop
+		// would last the whole grace) and reaps orphaned processes.
+		Init: &withInit,
+		Resources: container.Resources{
+			Memory: lim.Memory,
+			// Equal to Memory: no swap on top of the limit.
+			MemorySwap: lim.Memory,
+			NanoCPUs:   int64(lim.CPUs * 1e9),
+			PidsLimit:  &pids,
+		},
 	}
 	return cfg, host
 }

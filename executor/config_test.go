@@ -1,8 +1,11 @@
 package executor
 
 import (
+	"math"
 	"reflect"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/docker/docker/api/types/container"
 
@@ -11,6 +14,7 @@ import (
 
 func TestContainerConfig(t *testing.T) {
 	env := []string{
+		"HOME=/tmp",
 		"PYTHONPATH=/workspace/src:/workspace",
 		"PYTHONDONTWRITEBYTECODE=1",
 		"PYTHONUNBUFFERED=1",
@@ -20,24 +24,38 @@ func TestContainerConfig(t *testing.T) {
 		name    string
 		spec    jobs.Spec
 		image   string
+		lim     Limits
 		wantCmd []string
+		// The hardening values the container must get from lim.
+		wantTmpfs    string
+		wantNanoCPUs int64
+		wantGrace    int
 	}{
 		{
-			name:    "no args",
-			spec:    jobs.Spec{JobID: "job1", Archive: "/tmp/x.zip"},
-			image:   "ci-python:latest",
-			wantCmd: []string{"python", "-m", "pytest", "-p", "no:cacheprovider"},
+			name:         "no args, default limits",
+			spec:         jobs.Spec{JobID: "job1", Archive: "/tmp/x.zip"},
+			image:        "ci-python:latest",
+			lim:          mustLimits(t, DockerConfig{}),
+			wantCmd:      []string{"python", "-m", "pytest", "-p", "no:cacheprovider"},
+			wantTmpfs:    "rw,exec,nosuid,nodev,size=536870912,mode=1777",
+			wantNanoCPUs: 1e9,
+			wantGrace:    5,
 		},
 		{
-			name:    "args appended, not interpreted by a shell",
-			spec:    jobs.Spec{JobID: "job2", Args: []string{"-k", "a and not b", "$(reboot)"}},
-			image:   "python:3.12-slim",
-			wantCmd: []string{"python", "-m", "pytest", "-p", "no:cacheprovider", "-k", "a and not b", "$(reboot)"},
+			name:  "args appended, not interpreted by a shell; custom limits",
+			spec:  jobs.Spec{JobID: "job2", Args: []string{"-k", "a and not b", "$(reboot)"}},
+			image: "python:3.12-slim",
+			lim: mustLimits(t, DockerConfig{User: "1000:1000", Memory: 64 << 20, CPUs: 0.5,
+				Pids: 32, TmpfsSize: 16 << 20, StopGrace: 1500 * time.Millisecond}),
+			wantCmd:      []string{"python", "-m", "pytest", "-p", "no:cacheprovider", "-k", "a and not b", "$(reboot)"},
+			wantTmpfs:    "rw,exec,nosuid,nodev,size=16777216,mode=1777",
+			wantNanoCPUs: 5e8,
+			wantGrace:    2,
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg, host := containerConfig(tt.spec, tt.image)
+			cfg, host := containerConfig(tt.spec, tt.image, tt.lim)
 			if cfg.Image != tt.image {
 				t.Errorf("Image=%q, want %q", cfg.Image, tt.image)
 			}
@@ -74,7 +92,115 @@ func TestContainerConfig(t *testing.T) {
 			if host.AutoRemove {
 				t.Error("AutoRemove set: Run removes the container itself, after reading its exit state")
 			}
+
+			// The sandbox.
+			if cfg.User != tt.lim.User {
+				t.Errorf("User=%q, want %q", cfg.User, tt.lim.User)
+			}
+			if !host.ReadonlyRootfs {
+				t.Error("ReadonlyRootfs=false, want true")
+			}
+			if want := map[string]string{"/tmp": tt.wantTmpfs}; !reflect.DeepEqual(host.Tmpfs, want) {
+				t.Errorf("Tmpfs=%q, want %q", host.Tmpfs, want)
+			}
+			if got := []string(host.CapDrop); !reflect.DeepEqual(got, []string{"ALL"}) || len(host.CapAdd) != 0 {
+				t.Errorf("CapDrop=%q CapAdd=%q, want [ALL] and none", got, host.CapAdd)
+			}
+			if want := []string{"no-new-privileges"}; !reflect.DeepEqual(host.SecurityOpt, want) {
+				t.Errorf("SecurityOpt=%q, want %q", host.SecurityOpt, want)
+			}
+			if host.Privileged {
+				t.Error("Privileged=true")
+			}
+			if host.Init == nil || !*host.Init {
+				t.Errorf("Init=%v, want true (tini passes SIGTERM on to pytest)", host.Init)
+			}
+			if host.Memory != tt.lim.Memory || host.MemorySwap != tt.lim.Memory {
+				t.Errorf("Memory=%d MemorySwap=%d, want both %d", host.Memory, host.MemorySwap, tt.lim.Memory)
+			}
+			if host.NanoCPUs != tt.wantNanoCPUs {
+				t.Errorf("NanoCPUs=%d, want %d", host.NanoCPUs, tt.wantNanoCPUs)
+			}
+			if host.PidsLimit == nil || *host.PidsLimit != tt.lim.Pids {
+				t.Errorf("PidsLimit=%v, want %d", host.PidsLimit, tt.lim.Pids)
+			}
+			if cfg.StopSignal != "SIGTERM" || cfg.StopTimeout == nil || *cfg.StopTimeout != tt.wantGrace {
+				t.Errorf("StopSignal=%q StopTimeout=%v, want SIGTERM and %d", cfg.StopSignal, cfg.StopTimeout, tt.wantGrace)
+			}
 		})
+	}
+}
+
+func mustLimits(tb testing.TB, cfg DockerConfig) Limits {
+	tb.Helper()
+	l, err := cfg.limits()
+	if err != nil {
+		tb.Fatalf("limits(%+v): %v", cfg, err)
+	}
+	return l
+}
+
+func TestDockerConfigLimits(t *testing.T) {
+	defaults := Limits{User: "65534:65534", Memory: 2 << 30, CPUs: 1, Pids: 512, TmpfsSize: 512 << 20, StopGrace: 5 * time.Second}
+	tests := []struct {
+		name    string
+		cfg     DockerConfig
+		want    Limits
+		wantErr string
+	}{
+		{name: "zero means defaults", cfg: DockerConfig{}, want: defaults},
+		{
+			name: "set",
+			cfg:  DockerConfig{User: "1000:100", Memory: 64 << 20, CPUs: 2.5, Pids: 64, TmpfsSize: 1 << 20, StopGrace: 2 * time.Second},
+			want: Limits{User: "1000:100", Memory: 64 << 20, CPUs: 2.5, Pids: 64, TmpfsSize: 1 << 20, StopGrace: 2 * time.Second},
+		},
+		{
+			name: "grace rounded up to seconds",
+			cfg:  DockerConfig{StopGrace: 100 * time.Millisecond},
+			want: func() Limits { l := defaults; l.StopGrace = time.Second; return l }(),
+		},
+		{name: "root user", cfg: DockerConfig{User: "0:0"}, wantErr: "root"},
+		{name: "root group", cfg: DockerConfig{User: "1000:0"}, wantErr: "root"},
+		{name: "uid without gid", cfg: DockerConfig{User: "1000"}, wantErr: "uid:gid"},
+		{name: "user name", cfg: DockerConfig{User: "nobody:nogroup"}, wantErr: "uid:gid"},
+		{name: "negative uid", cfg: DockerConfig{User: "-1:1"}, wantErr: "uid:gid"},
+		{name: "memory too small", cfg: DockerConfig{Memory: 1 << 20}, wantErr: "memory"},
+		{name: "negative memory", cfg: DockerConfig{Memory: -1}, wantErr: "memory"},
+		{name: "negative CPUs", cfg: DockerConfig{CPUs: -1}, wantErr: "CPU"},
+		{name: "NaN CPUs", cfg: DockerConfig{CPUs: math.NaN()}, wantErr: "CPU"},
+		{name: "too few pids", cfg: DockerConfig{Pids: 2}, wantErr: "pids"},
+		{name: "negative tmpfs", cfg: DockerConfig{TmpfsSize: -1}, wantErr: "tmpfs"},
+		{name: "negative grace", cfg: DockerConfig{StopGrace: -time.Second}, wantErr: "grace"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := tt.cfg.limits()
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Errorf("err=%v, want one containing %q", err, tt.wantErr)
+				}
+				if _, nerr := NewDocker(tt.cfg); nerr == nil {
+					t.Error("NewDocker accepted the config")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("err=%v", err)
+			}
+			if got != tt.want {
+				t.Errorf("limits=%+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestFormatBytes(t *testing.T) {
+	for n, want := range map[int64]string{
+		2 << 30: "2 GiB", 64 << 20: "64 MiB", 1536 << 20: "1536 MiB", 4 << 10: "4 KiB", 1000: "1000 bytes",
+	} {
+		if got := formatBytes(n); got != want {
+			t.Errorf("formatBytes(%d)=%q, want %q", n, got, want)
+		}
 	}
 }
 
@@ -83,7 +209,7 @@ func TestContainerConfig(t *testing.T) {
 func TestContainerConfigArgsNotAliased(t *testing.T) {
 	args := make([]string, 1, 10)
 	args[0] = "-x"
-	cfg, _ := containerConfig(jobs.Spec{Args: args}, "img")
+	cfg, _ := containerConfig(jobs.Spec{Args: args}, "img", mustLimits(t, DockerConfig{}))
 	cfg.Cmd[len(cfg.Cmd)-1] = "changed"
 	if args[0] != "-x" {
 		t.Errorf("spec.Args changed to %q", args)

@@ -156,8 +156,8 @@ func testExecutor(t *testing.T, newExec func(t *testing.T) jobs.Executor) {
 		}, "-s")
 		rec := &recorder{}
 		check := watchLeftovers(t, ex, spec.JobID, rec)
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
+		ctx, cancel := context.WithCancelCause(context.Background())
+		defer cancel(nil)
 		type result struct {
 			res jobs.Result
 			err error
@@ -174,16 +174,40 @@ func testExecutor(t *testing.T, newExec func(t *testing.T) jobs.Executor) {
 		case <-time.After(runTimeout):
 			t.Fatalf("the test did not start within %v", runTimeout)
 		}
-		cancel()
+		cause := errors.New("canceled by the test")
+		cancel(cause)
 		canceled := time.Now()
 		select {
 		case r := <-done:
-			if !errors.Is(r.err, context.Canceled) {
-				t.Errorf("err=%v, want context.Canceled", r.err)
+			if !errors.Is(r.err, context.Canceled) || !errors.Is(r.err, cause) {
+				t.Errorf("err=%v, want one matching context.Canceled and the cause", r.err)
 			}
 			t.Logf("Run returned %v after cancel", time.Since(canceled).Round(time.Millisecond))
 		case <-time.After(15 * time.Second):
 			t.Fatal("Run did not return within 15s of cancel")
+		}
+		check(t)
+	})
+
+	t.Run("deadline exceeded", func(t *testing.T) {
+		ex := newExec(t)
+		spec := newSpec(t, map[string]string{
+			"test_block.py": "import time\n\ndef test_block():\n    time.sleep(300)\n",
+			FakeScript:      script(`stdout "started\n"`, `block`),
+		})
+		rec := &recorder{}
+		check := watchLeftovers(t, ex, spec.JobID, rec)
+		// Whichever step of Run the deadline hits, the error says so.
+		cause := errors.New("time limit of the test")
+		ctx, cancel := context.WithTimeoutCause(context.Background(), 3*time.Second, cause)
+		defer cancel()
+		start := time.Now()
+		_, err := ex.Run(ctx, spec, rec)
+		if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, cause) {
+			t.Errorf("err=%v, want one matching context.DeadlineExceeded and the cause", err)
+		}
+		if took := time.Since(start); took > 3*time.Second+15*time.Second {
+			t.Errorf("Run returned %v after the deadline, want within 15s", took-3*time.Second)
 		}
 		check(t)
 	})
@@ -196,10 +220,11 @@ func testExecutor(t *testing.T, newExec func(t *testing.T) jobs.Executor) {
 		})
 		rec := &recorder{}
 		check := watchLeftovers(t, ex, spec.JobID, rec)
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		if _, err := ex.Run(ctx, spec, rec); !errors.Is(err, context.Canceled) {
-			t.Errorf("err=%v, want context.Canceled", err)
+		cause := errors.New("canceled by the test")
+		ctx, cancel := context.WithCancelCause(context.Background())
+		cancel(cause)
+		if _, err := ex.Run(ctx, spec, rec); !errors.Is(err, context.Canceled) || !errors.Is(err, cause) {
+			t.Errorf("err=%v, want one matching context.Canceled and the cause", err)
 		}
 		check(t)
 	})

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
@@ -29,11 +30,32 @@ const DefaultImage = "python:3.12-slim"
 // fresh context because the job's own may be canceled.
 const removeTimeout = 30 * time.Second
 
-// DockerConfig configures a Docker executor.
+// DockerConfig configures a Docker executor. Zero limits mean the
+// defaults (DefaultMemory and friends); NewDocker refuses out-of-range
+// ones.
 type DockerConfig struct {
 	// Image is the image the tests run in; it must have python with
 	// pytest. Empty means DefaultImage. It is pulled if missing.
 	Image string
+	// User is the numeric "uid:gid" the tests run as, neither 0. Empty
+	// means DefaultUser.
+	User string
+	// Memory is the memory limit in bytes, swap included (none is
+	// allowed on top). 0 means DefaultMemory.
+	Memory int64
+	// CPUs is how many CPUs' worth of time the tests may use, for example
+	// 1.5. 0 means DefaultCPUs.
+	CPUs float64
+	// Pids is the most processes and threads the tests may have at once.
+	// 0 means DefaultPids.
+	Pids int64
+	// TmpfsSize is the size in bytes of the writable tmpfs at /tmp, which
+	// counts towards Memory. 0 means DefaultTmpfsSize.
+	TmpfsSize int64
+	// StopGrace is how long the tests get between SIGTERM and SIGKILL when
+	// a run is canceled, rounded up to whole seconds. 0 means
+	// DefaultStopGrace.
+	StopGrace time.Duration
 	// Logger receives the executor's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -42,17 +64,32 @@ type DockerConfig struct {
 // a Docker engine, found from the environment (DOCKER_HOST and friends), so
 // the engine may be remote: the project goes in through the API as a tar
 // stream, never through a bind mount. It is safe for concurrent use.
+//
+// Every container is a sandbox: a non-root user, a read-only root fs with
+// a tmpfs at /tmp (also HOME), the project readable but not writable, no
+// network (loopback only), no capabilities, no-new-privileges, and the
+// memory, CPU and pids limits of Limits.
 type Docker struct {
-	cli   *client.Client
-	image string
-	log   *slog.Logger
+	cli    *client.Client
+	image  string
+	limits Limits
+	log    *slog.Logger
+
+	// hook, if set (by tests), is called after each step of a run
+	// ("created", "copied", "started") with the container's ID.
+	hook func(step, id string)
 }
 
 var _ jobs.Executor = (*Docker)(nil)
 
-// NewDocker returns a Docker executor for cfg. It does not contact the
-// engine; use Ping for that.
+// NewDocker returns a Docker executor for cfg, or an error if one of cfg's
+// limits is out of range. It does not contact the engine; use Ping for
+// that.
 func NewDocker(cfg DockerConfig) (*Docker, error) {
+	lim, err := cfg.limits()
+	if err != nil {
+		return nil, fmt.Errorf("docker executor: %w", err)
+	}
 	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
 	if err != nil {
 		return nil, fmt.Errorf("docker client: %w", err)
@@ -65,8 +102,13 @@ func NewDocker(cfg DockerConfig) (*Docker, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Docker{cli: cli, image: img, log: log}, nil
+	return &Docker{cli: cli, image: img, limits: lim, log: log}, nil
 }
+
+// Limits returns the identity and limits every test container runs with,
+// defaults applied, for example to tell a user which memory limit an
+// OOM-killed run went over.
+func (d *Docker) Limits() Limits { return d.limits }
 
 // Image returns the image the tests run in.
 func (d *Docker) Image() string { return d.image }
@@ -85,15 +127,30 @@ func (d *Docker) Close() error {
 }
 
 // Run implements jobs.Executor. It makes sure the image is there (pulling
-// it if needed), creates a container labelled ci.job=<job ID> with an
-// anonymous volume at /workspace, copies the project in, attaches to its
-// output, starts it and streams stdout and stderr to out as they are
-// written. When ctx is canceled it kills the container and returns ctx's
-// error. The container and its volume are removed whatever way Run
-// returns.
+// it if needed), creates a sandboxed container labelled ci.job=<job ID>
+// with an anonymous volume at /workspace, copies the project in, attaches
+// to its output, starts it and streams stdout and stderr to out as they are
+// written.
+//
+// When the tests end by themselves, Run returns their exit code, with
+// MemoryLimit set to Limits().Memory. If the kernel killed pytest for going
+// over the memory limit, OOMKilled is set too (the exit code is then 137).
+//
+// When ctx is done while the tests run (a cancel or a timeout), Run stops
+// them gracefully: SIGTERM to pytest, then SIGKILL if anything still runs
+// Limits().StopGrace later. What the tests write in the meantime (a
+// handler's message, pytest's KeyboardInterrupt summary) still reaches
+// out. Run returns at most StopGrace plus about 4 s (the engine's kill, the
+// last output) plus the container's removal after ctx is done, with an
+// error for which errors.Is matches ctx.Err() (context.Canceled or
+// context.DeadlineExceeded) and context.Cause(ctx). When ctx is done
+// before the tests started, Run returns without a grace.
+//
+// Whatever way Run returns, it removes the container with its volume; it
+// writes no temporary files (the project is streamed from the zip).
 func (d *Docker) Run(ctx context.Context, spec jobs.Spec, out jobs.Output) (jobs.Result, error) {
-	if err := ctx.Err(); err != nil {
-		return jobs.Result{}, err
+	if ctx.Err() != nil {
+		return jobs.Result{}, ctxError(ctx)
 	}
 	log := d.log.With("job", spec.JobID)
 
@@ -115,7 +172,7 @@ func (d *Docker) Run(ctx context.Context, spec jobs.Spec, out jobs.Output) (jobs
 	// Create on a context that is not canceled with ctx: a create that
 	// succeeds in the engine after its request was abandoned would leave a
 	// container whose ID we never learnt.
-	cfg, host := containerConfig(spec, d.image)
+	cfg, host := containerConfig(spec, d.image, d.limits)
 	createCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), removeTimeout)
 	created, err := d.cli.ContainerCreate(createCtx, cfg, host, nil, nil, "")
 	cancel()
@@ -125,6 +182,7 @@ func (d *Docker) Run(ctx context.Context, spec jobs.Spec, out jobs.Output) (jobs
 	log = log.With("container", shortID(created.ID))
 	defer d.remove(ctx, created.ID, log)
 	log.Debug("container created", "image", d.image)
+	d.step("created", created.ID)
 
 	res, err := d.run(ctx, created.ID, entries, out, log)
 	if err != nil {
@@ -133,6 +191,10 @@ func (d *Docker) Run(ctx context.Context, spec jobs.Spec, out jobs.Output) (jobs
 	return res, nil
 }
 
+// exitKilled is the exit code of a container whose main process died of
+// SIGKILL (128+9), as the OOM killer's victims do.
+const exitKilled = 137
+
 // run copies the project into the created container id, runs it and
 // follows it to its end.
 func (d *Docker) run(ctx context.Context, id string, entries []tarEntry, out jobs.Output, log *slog.Logger) (jobs.Result, error) {
@@ -140,6 +202,7 @@ func (d *Docker) run(ctx context.Context, id string, entries []tarEntry, out job
 		return jobs.Result{}, err
 	}
 	log.Debug("project copied")
+	d.step("copied", id)
 
 	// Attach before start, so no output is missed and partial lines arrive
 	// as they are written (the logs endpoint waits for the newline).
@@ -173,6 +236,7 @@ func (d *Docker) run(ctx context.Context, id string, entries []tarEntry, out job
 		return jobs.Result{}, fmt.Errorf("start container: %w", err)
 	}
 	log.Debug("container started")
+	d.step("started", id)
 
 	copied := make(chan error, 1)
 	go func() {
@@ -192,19 +256,16 @@ func (d *Docker) run(ctx context.Context, id string, entries []tarEntry, out job
 			return jobs.Result{}, fmt.Errorf("read container output: %w", err)
 		}
 	case <-ctx.Done():
-		// Unblock the copy and wait for it: out is not written to once
-		// Run has returned. The deferred removal kills the container.
-		hj.Close()
-		<-copied
-		log.Debug("run canceled", "err", ctx.Err())
-		return jobs.Result{}, ctx.Err()
+		d.stop(ctx, id, hj, copied, log)
+		return jobs.Result{}, ctxError(ctx)
 	}
 
+	// The output has ended: the container has exited or is about to.
 	var w waitResult
 	select {
 	case w = <-waited:
 	case <-ctx.Done():
-		return jobs.Result{}, ctx.Err()
+		return jobs.Result{}, ctxError(ctx)
 	}
 	if w.err != nil {
 		return jobs.Result{}, fmt.Errorf("wait for container: %w", w.err)
@@ -217,13 +278,72 @@ func (d *Docker) run(ctx context.Context, id string, entries []tarEntry, out job
 	if err != nil {
 		return jobs.Result{}, fmt.Errorf("inspect container: %w", err)
 	}
-	res := jobs.Result{ExitCode: int(w.resp.StatusCode)}
-	if info.ContainerJSONBase != nil && info.State != nil {
-		res.OOMKilled = info.State.OOMKilled
+	res := jobs.Result{ExitCode: int(w.resp.StatusCode), MemoryLimit: d.limits.Memory}
+	oom := info.ContainerJSONBase != nil && info.State != nil && info.State.OOMKilled
+	switch {
+	case oom && res.ExitCode == exitKilled:
+		// The engine notes any OOM kill in the container; pytest itself
+		// was the one killed only if it died of SIGKILL.
+		res.OOMKilled = true
+	case oom:
+		// Another process (a test's subprocess) was killed and pytest ran
+		// on to its end: its exit code stands, and this says why a test
+		// may have failed.
+		note := fmt.Sprintf("\nci: a process of the tests was killed for going over the memory limit of %s\n",
+			formatBytes(d.limits.Memory))
+		if err := out.Write(jobs.StreamStderr, []byte(note)); err != nil {
+			return jobs.Result{}, fmt.Errorf("write %s: %w", jobs.StreamStderr, err)
+		}
 	}
-	log.Info("container exited", "exit_code", res.ExitCode, "oom_killed", res.OOMKilled,
+	log.Info("container exited", "exit_code", res.ExitCode, "oom_killed", res.OOMKilled, "oom_event", oom,
 		"duration", time.Since(start).Round(time.Millisecond))
 	return res, nil
+}
+
+// The bounds of a graceful stop, on top of the grace itself.
+const (
+	// stopMargin is how long the engine gets, after the grace, to kill
+	// the container and report it stopped.
+	stopMargin = 3 * time.Second
+	// drainTimeout is how long the rest of the output gets to arrive once
+	// the container has stopped.
+	drainTimeout = time.Second
+)
+
+// step calls the test hook, if any.
+func (d *Docker) step(step, id string) {
+	if d.hook != nil {
+		d.hook(step, id)
+	}
+}
+
+// stop stops the running container id once ctx is done: the engine sends
+// SIGTERM, then SIGKILL after the grace. Meanwhile the output goes on being
+// copied to out; stop returns once the copy has ended, within StopGrace +
+// stopMargin + drainTimeout. If the engine does not stop the container in
+// time, the removal that follows kills it.
+func (d *Docker) stop(ctx context.Context, id string, hj types.HijackedResponse, copied <-chan error, log *slog.Logger) {
+	start := time.Now()
+	log.Info("stopping container", "cause", context.Cause(ctx), "grace", d.limits.StopGrace)
+	grace := int(d.limits.StopGrace / time.Second)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.limits.StopGrace+stopMargin)
+	defer cancel()
+	err := d.cli.ContainerStop(sctx, id, container.StopOptions{Timeout: &grace})
+	if err != nil && !cerrdefs.IsNotFound(err) {
+		log.Warn("stop container", "err", err)
+	}
+	// Once the container has stopped, the attach stream ends: the copy
+	// returns when it has handed out the last of the output.
+	t := time.NewTimer(drainTimeout)
+	defer t.Stop()
+	select {
+	case <-copied:
+	case <-t.C:
+		log.Warn("container output did not end after stop")
+		hj.Close()
+		<-copied
+	}
+	log.Info("container stopped", "took", time.Since(start).Round(time.Millisecond))
 }
 
 // errCopyAborted stops the tar writer when the engine stopped reading.
@@ -341,13 +461,39 @@ func (w *streamWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// ctxErr returns ctx's error if it is done, so a canceled run reports the
-// cancellation rather than whichever call it broke; otherwise err.
+// ctxErr returns ctxError(ctx) if ctx is done, so a canceled run reports
+// the cancellation rather than whichever call it broke; otherwise err.
 func ctxErr(ctx context.Context, err error) error {
-	if cerr := ctx.Err(); cerr != nil {
-		return cerr
+	if ctx.Err() != nil {
+		return ctxError(ctx)
 	}
 	return err
+}
+
+// ctxError returns the error of a run ended by ctx: ctx.Err()
+// (context.Canceled or context.DeadlineExceeded), also wrapping
+// context.Cause(ctx) when that is another error, so that errors.Is matches
+// either.
+func ctxError(ctx context.Context) error {
+	err := ctx.Err()
+	if cause := context.Cause(ctx); cause != nil && cause != err {
+		return fmt.Errorf("%w: %w", err, cause)
+	}
+	return err
+}
+
+// formatBytes formats n bytes for a human, in the largest binary unit that
+// divides it, e.g. "2 GiB", "64 MiB", "1000 bytes".
+func formatBytes(n int64) string {
+	for _, u := range []struct {
+		size int64
+		name string
+	}{{1 << 30, "GiB"}, {1 << 20, "MiB"}, {1 << 10, "KiB"}} {
+		if n >= u.size && n%u.size == 0 {
+			return fmt.Sprintf("%d %s", n/u.size, u.name)
+		}
+	}
+	return fmt.Sprintf("%d bytes", n)
 }
 
 func shortID(id string) string {

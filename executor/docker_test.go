@@ -30,15 +30,26 @@ func skipOrFatal(t *testing.T, format string, args ...any) {
 	t.Skipf(format, args...)
 }
 
-// newTestDocker returns a Docker executor for image, after checking that
-// an engine answers (and, if needImage, that image is present); otherwise
-// it skips the test (fails it in CI).
+// newTestDocker returns a Docker executor for image with default limits,
+// after checking that an engine answers (and, if needImage, that image is
+// present); otherwise it skips the test (fails it in CI).
 func newTestDocker(t *testing.T, image string, needImage bool) *Docker {
 	t.Helper()
-	d, err := NewDocker(DockerConfig{
-		Image:  image,
-		Logger: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
+	return newTestDockerConfig(t, DockerConfig{Image: image}, needImage)
+}
+
+// newTestDockerConfig is newTestDocker for any configuration; an empty
+// cfg.Image means testImage().
+func newTestDockerConfig(t *testing.T, cfg DockerConfig, needImage bool) *Docker {
+	t.Helper()
+	if cfg.Image == "" {
+		cfg.Image = testImage()
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if _, err := cfg.limits(); err != nil {
+		t.Fatalf("test config: %v", err)
+	}
+	d, err := NewDocker(cfg)
 	if err != nil {
 		skipOrFatal(t, "no Docker engine: %v", err)
 	}
@@ -49,8 +60,8 @@ func newTestDocker(t *testing.T, image string, needImage bool) *Docker {
 		skipOrFatal(t, "no Docker engine: %v", err)
 	}
 	if needImage {
-		if _, err := d.cli.ImageInspect(ctx, image); err != nil {
-			skipOrFatal(t, "no Docker test image %q (build it with scripts/build-image or set CI_TEST_IMAGE): %v", image, err)
+		if _, err := d.cli.ImageInspect(ctx, cfg.Image); err != nil {
+			skipOrFatal(t, "no Docker test image %q (build it with scripts/build-image or set CI_TEST_IMAGE): %v", cfg.Image, err)
 		}
 	}
 	return d

@@ -34,9 +34,10 @@ const maxFakeScript = 1 << 20
 //
 // Blank lines and lines starting with # are skipped. Without a script it
 // writes "fake: no ci-fake-script\n" to stdout and exits 0. Like Docker it
-// checks the whole zip (a corrupt or unsafe archive is an error) and
-// returns ctx's error promptly when ctx is canceled. The zero value is
-// ready to use and safe for concurrent use.
+// checks the whole zip (a corrupt or unsafe archive is an error) and, when
+// ctx is done, returns promptly an error matching ctx.Err() and
+// context.Cause(ctx). The zero value is ready to use and safe for
+// concurrent use.
 type Fake struct {
 	live atomic.Int64
 }
@@ -53,8 +54,8 @@ func (f *Fake) Live() int {
 func (f *Fake) Run(ctx context.Context, spec jobs.Spec, out jobs.Output) (jobs.Result, error) {
 	f.live.Add(1)
 	defer f.live.Add(-1)
-	if err := ctx.Err(); err != nil {
-		return jobs.Result{}, err
+	if ctx.Err() != nil {
+		return jobs.Result{}, ctxError(ctx)
 	}
 	script, err := readFakeScript(spec.Archive)
 	if err != nil {
@@ -157,8 +158,8 @@ func parseFakeScript(script []byte) ([]fakeCmd, error) {
 
 func playFakeScript(ctx context.Context, cmds []fakeCmd, out jobs.Output) (jobs.Result, error) {
 	for _, c := range cmds {
-		if err := ctx.Err(); err != nil {
-			return jobs.Result{}, err
+		if ctx.Err() != nil {
+			return jobs.Result{}, ctxError(ctx)
 		}
 		switch c.op {
 		case "stdout", "stderr":
@@ -178,7 +179,7 @@ func playFakeScript(ctx context.Context, cmds []fakeCmd, out jobs.Output) (jobs.
 			case <-t.C:
 			case <-ctx.Done():
 				t.Stop()
-				return jobs.Result{}, ctx.Err()
+				return jobs.Result{}, ctxError(ctx)
 			}
 		case "exit":
 			return jobs.Result{ExitCode: c.code}, nil
@@ -186,7 +187,7 @@ func playFakeScript(ctx context.Context, cmds []fakeCmd, out jobs.Output) (jobs.
 			return jobs.Result{}, errors.New(c.text)
 		case "block":
 			<-ctx.Done()
-			return jobs.Result{}, ctx.Err()
+			return jobs.Result{}, ctxError(ctx)
 		}
 	}
 	return jobs.Result{}, nil

@@ -68,7 +68,14 @@ type Main struct {
 	MaxUnpacked int64
 	Token       string
 	Private     bool
-	LogLevel    string
+	// Sandbox limits of every test container (0: the executor's default).
+	User      string
+	Memory    int64
+	CPUs      float64
+	Pids      int64
+	TmpfsSize int64
+	StopGrace time.Duration
+	LogLevel  string
 
 	// Log is the server's logger; ParseFlags sets a text logger on stderr
 	// at LogLevel when it is nil.
@@ -119,6 +126,12 @@ func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
 	fs.Int64Var(&m.MaxUnpacked, "max-unpacked", m.MaxUnpacked, "most bytes an uploaded archive may unpack to")
 	fs.StringVar(&m.Token, "token", os.Getenv("CI_SERVER_TOKEN"), "API token that submit and cancel need (default $CI_SERVER_TOKEN); clients send it from $CI_TOKEN")
 	fs.BoolVar(&m.Private, "private", m.Private, "make every API read need the token too")
+	fs.StringVar(&m.User, "user", "65534:65534", "numeric uid:gid the tests run as (never root)")
+	fs.Int64Var(&m.Memory, "memory", 2<<30, "memory limit of a test container in bytes (tmpfs /tmp counts towards it)")
+	fs.Float64Var(&m.CPUs, "cpus", 1, "CPU limit of a test container")
+	fs.Int64Var(&m.Pids, "pids", 512, "most processes in a test container")
+	fs.Int64Var(&m.TmpfsSize, "tmpfs-size", 512<<20, "size of the writable /tmp of a test container in bytes")
+	fs.DurationVar(&m.StopGrace, "stop-grace", 5*time.Second, "time between SIGTERM and SIGKILL when a job is canceled or times out")
 	fs.StringVar(&m.LogLevel, "log-level", m.LogLevel, "log level: debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: ci-server [flags]\n\nRuns the ci service. Flags:\n%s", fs.FlagUsages())
@@ -188,9 +201,18 @@ func (m *Main) Run(ctx context.Context) error {
 
 	exec := m.Executor
 	if exec == nil {
-		d, err := executor.NewDocker(executor.DockerConfig{Image: m.Image, Logger: m.Log.With("component", "docker")})
+		d, err := executor.NewDocker(executor.DockerConfig{
+			Image:     m.Image,
+			User:      m.User,
+			Memory:    m.Memory,
+			CPUs:      m.CPUs,
+			Pids:      m.Pids,
+			TmpfsSize: m.TmpfsSize,
+			StopGrace: m.StopGrace,
+			Logger:    m.Log.With("component", "docker"),
+		})
 		if err != nil {
-			return fmt.Errorf("docker client: %w", err)
+			return err // says what is wrong with which setting
 		}
 		m.docker = d
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
