@@ -124,7 +124,9 @@ func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
 	fs.Int64Var(&m.MaxOutput, "max-output", m.MaxOutput, "output stored per job in bytes; past it only the last 1 MiB is kept")
 	fs.IntVar(&m.MaxFiles, "max-files", m.MaxFiles, "most files an uploaded archive may hold")
 	fs.Int64Var(&m.MaxUnpacked, "max-unpacked", m.MaxUnpacked, "most bytes an uploaded archive may unpack to")
-	fs.StringVar(&m.Token, "token", os.Getenv("CI_SERVER_TOKEN"), "API token that submit and cancel need (default $CI_SERVER_TOKEN); clients send it from $CI_TOKEN")
+	// The default comes from the environment after parsing, so that --help
+	// never prints the token.
+	fs.StringVar(&m.Token, "token", "", "API token that submit and cancel need (default $CI_SERVER_TOKEN); clients send it from $CI_TOKEN")
 	fs.BoolVar(&m.Private, "private", m.Private, "make every API read need the token too")
 	fs.StringVar(&m.User, "user", "65534:65534", "numeric uid:gid the tests run as (never root)")
 	fs.Int64Var(&m.Memory, "memory", 2<<30, "memory limit of a test container in bytes (tmpfs /tmp counts towards it)")
@@ -138,6 +140,9 @@ func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
 	}
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if !fs.Changed("token") {
+		m.Token = os.Getenv("CI_SERVER_TOKEN")
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q (see ci-server --help)", fs.Args())

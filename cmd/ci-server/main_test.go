@@ -87,3 +87,22 @@ func TestMainInProcess(t *testing.T) {
 		t.Fatalf("close: %v", err)
 	}
 }
+
+// TestTokenFromEnvNotInHelp checks that the token comes from the
+// environment and that --help never shows it.
+func TestTokenFromEnvNotInHelp(t *testing.T) {
+	const token = "env-token-0123456789abcdef"
+	t.Setenv("CI_SERVER_TOKEN", token)
+	m := NewMain()
+	if err := m.ParseFlags(nil, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if m.Token != token {
+		t.Fatalf("token %q, want it from CI_SERVER_TOKEN", m.Token)
+	}
+	var help strings.Builder
+	NewMain().ParseFlags([]string{"--help"}, &help)
+	if strings.Contains(help.String(), token) || !strings.Contains(help.String(), "--token") {
+		t.Fatalf("help shows the token or lacks --token:\n%s", help.String())
+	}
+}
