@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -536,4 +537,116 @@ func TestAuth(t *testing.T) {
 		c.CloseNow()
 		cancel()
 	}
+}
+
+// countingZeros is an endless-looking body that counts what was read.
+type countingZeros struct {
+	n, limit int64
+	read     atomic.Int64
+}
+
+func (c *countingZeros) Read(p []byte) (int, error) {
+	if c.n >= c.limit {
+		return 0, io.EOF
+	}
+	k := min(int64(len(p)), c.limit-c.n)
+	clear(p[:k])
+	c.n += k
+	c.read.Add(k)
+	return int(k), nil
+}
+
+// TestUploadTooLargeWhileStreaming sends a body with no Content-Length,
+// far over the limit: the server answers 413 without reading it all, and
+// keeps nothing of it.
+func TestUploadTooLargeWhileStreaming(t *testing.T) {
+	e := newEnv(t, 1<<20)
+	body := &countingZeros{limit: 256 << 20}
+	req, _ := http.NewRequest(http.MethodPost, e.srv.URL+"/api/v1/jobs", body)
+	req.Header.Set("Content-Type", "application/zip")
+	req.ContentLength = -1 // chunked: the size is not known up front
+	resp, err := http.DefaultClient.Do(req)
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Fatalf("status %d, want 413", resp.StatusCode)
+		}
+	}
+	// The client may see the connection close before it reads the answer;
+	// either way the server stopped reading long before the end.
+	if n := body.read.Load(); n > 64<<20 {
+		t.Fatalf("the client wrote %d MiB of a 256 MiB body; the server should stop reading at the 1 MiB limit", n>>20)
+	}
+	waitEmpty(t, e.archDir)
+}
+
+// waitEmpty waits until dir holds no file: a refused upload's temporary
+// file is removed as the handler returns.
+func waitEmpty(t *testing.T, dir string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(entries) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still holds %d entries after a refused upload", dir, len(entries))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestQueueFullRetryAfter fills a one-slot queue behind a running job: the
+// next upload gets 503 with Retry-After.
+func TestQueueFullRetryAfter(t *testing.T) {
+	dir := t.TempDir()
+	store, err := persistence.Open(context.Background(), filepath.Join(dir, "ci.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	arch, err := persistence.NewArchives(filepath.Join(dir, "archives"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := jobs.NewService(store, arch, &executor.Fake{}, jobs.Config{Concurrency: 1, MaxQueued: 1})
+	if err := svc.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	srv := httptest.NewServer(api.NewHandler(svc, api.Config{}))
+	defer srv.Close()
+	e := &env{srv: srv, svc: svc, archDir: filepath.Join(dir, "archives")}
+
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	w, _ := zw.Create(executor.FakeScript)
+	io.WriteString(w, "block\n")
+	zw.Close()
+	running := e.submit(t, buf.Bytes(), "")
+	waitFor := time.Now().Add(10 * time.Second)
+	for {
+		j, _ := svc.Job(context.Background(), running.ID)
+		if j.Status == jobs.StatusRunning {
+			break
+		}
+		if time.Now().After(waitFor) {
+			t.Fatal("the blocking job never ran")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	e.submit(t, project(t, 1, 0), "") // takes the one queue slot
+	resp, err := http.Post(srv.URL+"/api/v1/jobs", "application/zip", bytes.NewReader(project(t, 1, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("status %d, Retry-After %q; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	svc.Cancel(context.Background(), running.ID)
 }

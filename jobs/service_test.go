@@ -487,11 +487,12 @@ func TestWatchJobsSlowWatcherGetsSnapshot(t *testing.T) {
 		collect(t, env.svc, j.ID, 0)
 	}
 	close(gate)
+	newest := ids[len(ids)-1]
 	deadline := time.After(10 * time.Second)
 	for {
 		select {
 		case s := <-snapshots:
-			if len(s) == 3 && s[0].Status == StatusPassed && s[2].Status == StatusPassed {
+			if len(s) == 3 && s[0].ID == newest && s[0].Status == StatusPassed && s[2].Status == StatusPassed {
 				return // a fresh snapshot with every job in its final state
 			}
 		case <-deadline:
