@@ -7,6 +7,7 @@ package jobs
 
 import (
 	"context"
+	"errors"
 	"io"
 	"time"
 )
@@ -62,6 +63,15 @@ type Job struct {
 	// Timeout is how long the tests may run before they are stopped and
 	// the job ends timed_out. It is set when the job is submitted.
 	Timeout time.Duration `json:"-"`
+	// Offsets says how much of each output stream the stored events hold,
+	// in bytes of the raw stream. It is saved in the same transaction as
+	// the events, so after a crash a re-attached job skips exactly that.
+	Offsets Offsets `json:"-"`
+}
+
+// Offsets are byte positions in a job's raw stdout and stderr.
+type Offsets struct {
+	Stdout, Stderr int64
 }
 
 // EventType is the kind of an Event.
@@ -199,4 +209,27 @@ type Result struct {
 // different jobs.
 type Executor interface {
 	Run(ctx context.Context, spec Spec, out Output) (Result, error)
+}
+
+// ErrDetach is the context cause with which the service stops following a
+// job without stopping it, when ci-server shuts down: the executor returns
+// promptly and leaves the test process running, for Reattach after the
+// restart.
+var ErrDetach = errors.New("ci-server is shutting down; the job keeps running")
+
+// ErrGone (wrapped) is returned by Reattach when the job's test process no
+// longer exists.
+var ErrGone = errors.New("the job's test process is gone")
+
+// Reattacher is implemented by executors that can pick up a job whose
+// server went away (crashed, or shut down with ErrDetach).
+type Reattacher interface {
+	// Reattach finds the test process an earlier Run started for
+	// spec.JobID, writes its whole output to out from the very first byte
+	// (stdout and stderr kept apart; the caller skips what it already
+	// has), follows it until the process exits if it still runs, and
+	// returns like Run. It returns an error wrapping ErrGone if there is no
+	// such process. Once it has returned (except on ErrDetach) nothing of
+	// the job is left behind. ctx works as for Run.
+	Reattach(ctx context.Context, spec Spec, out Output) (Result, error)
 }

@@ -55,8 +55,9 @@ type recorder struct {
 // pendingEvent is an event waiting for its commit. job is set on status
 // events: the job's state right after the change, persisted with the event.
 type pendingEvent struct {
-	ev  Event
-	job *Job
+	ev   Event
+	job  *Job
+	offs Offsets // the job's output offsets right after this event
 }
 
 // newRecorder starts the writer of job's event log; job.LastSeq must be the
@@ -79,7 +80,7 @@ func newRecorder(store Store, broker *Broker, log *slog.Logger, job *Job) *recor
 
 // emitLocked assigns the next seq to ev and queues it, with a snapshot of
 // the job when it is a status event. r.mu must be held.
-func (r *recorder) emitLocked(ev Event) error {
+func (r *recorder) emitLocked(ev Event, offs *Offsets) error {
 	for (len(r.pending) >= maxPending || r.pendingBytes >= maxPendingBytes) && r.err == nil && !r.closing {
 		r.cond.Wait()
 	}
@@ -89,10 +90,14 @@ func (r *recorder) emitLocked(ev Event) error {
 	if r.closing {
 		return fmt.Errorf("record event: recorder closed")
 	}
+	if offs != nil {
+		r.job.Offsets = *offs
+	}
 	if n := len(r.pending); n > 0 && ev.Type == EventLog {
-		last := &r.pending[n-1].ev
-		if last.Type == EventLog && last.Stream == ev.Stream && len(last.Text)+len(ev.Text) <= maxMergedText {
-			last.Text += ev.Text
+		last := &r.pending[n-1]
+		if last.ev.Type == EventLog && last.ev.Stream == ev.Stream && len(last.ev.Text)+len(ev.Text) <= maxMergedText {
+			last.ev.Text += ev.Text
+			last.offs = r.job.Offsets
 			r.pendingBytes += len(ev.Text)
 			return nil
 		}
@@ -103,7 +108,7 @@ func (r *recorder) emitLocked(ev Event) error {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now().UTC()
 	}
-	pe := pendingEvent{ev: ev}
+	pe := pendingEvent{ev: ev, offs: r.job.Offsets}
 	if ev.Type == EventStatus {
 		snap := r.job
 		pe.job = &snap
@@ -117,14 +122,16 @@ func (r *recorder) emitLocked(ev Event) error {
 	return nil
 }
 
-// Log records a chunk of output. text must be valid UTF-8 (see utf8Splitter).
-func (r *recorder) Log(stream, text string) error {
+// Log records a chunk of output. text must be valid UTF-8 (see
+// utf8Splitter). offs, when not nil, are the raw output offsets the job
+// has reached with this chunk; they are persisted with it.
+func (r *recorder) Log(stream, text string, offs *Offsets) error {
 	if text == "" {
 		return nil
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.emitLocked(Event{Type: EventLog, Stream: stream, Text: text})
+	return r.emitLocked(Event{Type: EventLog, Stream: stream, Text: text}, offs)
 }
 
 // Status records a status change. update may change the job's other fields
@@ -145,7 +152,7 @@ func (r *recorder) Status(status Status, update func(j *Job)) error {
 		ev.ExitCode = r.job.ExitCode
 		ev.Reason = r.job.Reason
 	}
-	return r.emitLocked(ev)
+	return r.emitLocked(ev, nil)
 }
 
 // Close waits until every emitted event is persisted and published, stops
@@ -188,8 +195,10 @@ func (r *recorder) run() {
 			n := min(len(r.pending), maxBatch)
 			batch := make([]Event, n)
 			var changes []Job // the job after each status change, for PublishJob
+			var offs Offsets  // the output offsets after the batch
 			for i, pe := range r.pending[:n] {
 				batch[i] = pe.ev
+				offs = pe.offs
 				r.pendingBytes -= len(pe.ev.Text)
 				if pe.job != nil {
 					r.saved = *pe.job
@@ -206,6 +215,7 @@ func (r *recorder) run() {
 			// events that are committed with it.
 			snap := r.saved
 			snap.LastSeq = batch[n-1].Seq
+			snap.Offsets = offs
 			r.cond.Broadcast()
 			r.mu.Unlock()
 

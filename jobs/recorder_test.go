@@ -86,7 +86,7 @@ func TestRecorderConcurrentEmittersGapless(t *testing.T) {
 				stream = StreamStderr
 			}
 			for i := range perWriter {
-				if err := rec.Log(stream, fmt.Sprintf("w%d-%d\n", w, i)); err != nil {
+				if err := rec.Log(stream, fmt.Sprintf("w%d-%d\n", w, i), nil); err != nil {
 					t.Error(err)
 					return
 				}
@@ -136,7 +136,7 @@ func TestRecorderPersistsBeforePublishing(t *testing.T) {
 	defer sub.Close()
 	rec := newRecorder(st, b, slog.New(slog.DiscardHandler), job)
 	for i := range 2000 {
-		if err := rec.Log(StreamStdout, fmt.Sprintf("%d ", i)); err != nil {
+		if err := rec.Log(StreamStdout, fmt.Sprintf("%d ", i), nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -173,7 +173,7 @@ func TestRecorderGroupCommit(t *testing.T) {
 		}
 	}
 	rec := newRecorder(st, NewBroker(), slog.New(slog.DiscardHandler), job)
-	rec.Log(StreamStdout, "start\n")
+	rec.Log(StreamStdout, "start\n", nil)
 	// Wait until the writer is inside the first commit, so everything below
 	// queues behind it.
 	waitFor(t, func() bool {
@@ -186,7 +186,7 @@ func TestRecorderGroupCommit(t *testing.T) {
 	for i := range 1000 {
 		s := fmt.Sprintf("line %d\n", i)
 		want.WriteString(s)
-		rec.Log(StreamStdout, s)
+		rec.Log(StreamStdout, s, nil)
 	}
 	close(release)
 	rec.Status(StatusPassed, nil)

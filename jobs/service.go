@@ -86,9 +86,14 @@ type Service struct {
 	queue   []string               // IDs of queued jobs, oldest first
 	queued  chan struct{}          // capacity 1: the queue grew
 	running map[string]*runningJob // jobs taken from the queue, by ID
+	// recovering holds running jobs of a previous server, to re-attach
+	// before taking queued ones; canceledEarly, those of them canceled
+	// before a worker got to them.
+	recovering    []string
+	canceledEarly map[string]bool
 
 	ctx    context.Context // canceled by Close: stops workers and jobs
-	cancel context.CancelFunc
+	cancel context.CancelCauseFunc
 	wg     sync.WaitGroup
 }
 
@@ -116,18 +121,19 @@ func NewService(store Store, archives Archives, exec Executor, cfg Config) *Serv
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancelCause(context.Background())
 	return &Service{
-		store:    store,
-		archives: archives,
-		exec:     exec,
-		broker:   NewBroker(),
-		cfg:      cfg,
-		log:      log,
-		queued:   make(chan struct{}, 1),
-		running:  make(map[string]*runningJob),
-		ctx:      ctx,
-		cancel:   cancel,
+		store:         store,
+		archives:      archives,
+		exec:          exec,
+		broker:        NewBroker(),
+		cfg:           cfg,
+		log:           log,
+		queued:        make(chan struct{}, 1),
+		running:       make(map[string]*runningJob),
+		canceledEarly: make(map[string]bool),
+		ctx:           ctx,
+		cancel:        cancel,
 	}
 }
 
@@ -135,15 +141,25 @@ func NewService(store Store, archives Archives, exec Executor, cfg Config) *Serv
 func (s *Service) Broker() *Broker { return s.broker }
 
 // Start recovers the jobs a previous server left unfinished and starts the
-// workers. Jobs that were running when the previous server stopped end
-// with status error (re-attaching to them is a later feature); queued jobs
-// are queued again, oldest first.
+// workers. Jobs that were running are picked up again first, through the
+// executor's Reattach: a job whose test process still runs is followed on,
+// one whose process has exited gets its remaining output and real exit
+// code, one whose process is gone ends error. (With an executor that can't
+// re-attach they end error.) Queued jobs are queued again, oldest first.
 func (s *Service) Start(ctx context.Context) error {
 	stale, err := s.store.JobsByStatus(ctx, StatusRunning)
 	if err != nil {
 		return fmt.Errorf("recover running jobs: %w", err)
 	}
+	_, canReattach := s.exec.(Reattacher)
 	for _, job := range stale {
+		if canReattach {
+			s.mu.Lock()
+			s.recovering = append(s.recovering, job.ID)
+			s.mu.Unlock()
+			s.log.Info("re-attaching job left running by a previous server", "job", job.ID)
+			continue
+		}
 		rec := newRecorder(s.store, s.broker, s.log, job)
 		err := rec.Status(StatusError, func(j *Job) {
 			now := time.Now().UTC()
@@ -169,8 +185,8 @@ func (s *Service) Start(ctx context.Context) error {
 	s.mu.Unlock()
 	if len(queued) > 0 {
 		s.log.Info("requeued jobs", "count", len(queued))
-		s.notify()
 	}
+	s.notify()
 	for range s.cfg.Concurrency {
 		s.wg.Add(1)
 		go s.worker()
@@ -178,11 +194,16 @@ func (s *Service) Start(ctx context.Context) error {
 	return nil
 }
 
-// Close stops the workers. Running jobs are stopped and end with status
-// error; queued jobs stay queued for the next start. It returns when every
-// worker is done.
+// Close stops the workers and returns when they are done. Queued jobs stay
+// queued for the next start. Running jobs are left running when the
+// executor can re-attach to them (the next Start picks them up); otherwise
+// they are stopped and end error.
 func (s *Service) Close() error {
-	s.cancel()
+	if _, ok := s.exec.(Reattacher); ok {
+		s.cancel(ErrDetach)
+	} else {
+		s.cancel(nil)
+	}
 	s.wg.Wait()
 	return nil
 }
@@ -403,8 +424,9 @@ func (s *Service) notify() {
 
 // runningJob is a job a worker has taken from the queue.
 type runningJob struct {
-	ctx    context.Context // canceled (with a cause) to stop the job
-	cancel context.CancelCauseFunc
+	ctx      context.Context // canceled (with a cause) to stop the job
+	cancel   context.CancelCauseFunc
+	reattach bool // a running job of a previous server
 }
 
 // next takes the oldest queued job ID, waiting for one, and registers it
@@ -417,13 +439,22 @@ func (s *Service) next() (string, *runningJob, bool) {
 			s.mu.Unlock()
 			return "", nil, false // closing: leave the rest queued
 		}
-		if len(s.queue) > 0 {
-			id := s.queue[0]
-			s.queue = s.queue[1:]
+		if len(s.recovering) > 0 || len(s.queue) > 0 {
+			var id string
+			reattach := len(s.recovering) > 0
+			if reattach {
+				id, s.recovering = s.recovering[0], s.recovering[1:]
+			} else {
+				id, s.queue = s.queue[0], s.queue[1:]
+			}
 			ctx, cancel := context.WithCancelCause(s.ctx)
-			rj := &runningJob{ctx: ctx, cancel: cancel}
+			rj := &runningJob{ctx: ctx, cancel: cancel, reattach: reattach}
+			if s.canceledEarly[id] {
+				delete(s.canceledEarly, id)
+				cancel(errCanceled)
+			}
 			s.running[id] = rj
-			more := len(s.queue) > 0
+			more := len(s.recovering) > 0 || len(s.queue) > 0
 			s.mu.Unlock()
 			if more {
 				s.notify() // wake another worker for the rest
@@ -460,13 +491,17 @@ func (s *Service) runTaken(id string, rj *runningJob) {
 	}()
 	job, err := s.store.Job(s.ctx, id)
 	if err != nil {
-		s.log.Error("load queued job", "job", id, "err", err)
+		s.log.Error("load job", "job", id, "err", err)
 		return
 	}
-	if job.Status != StatusQueued {
+	want := StatusQueued
+	if rj.reattach {
+		want = StatusRunning
+	}
+	if job.Status != want {
 		return
 	}
-	s.run(rj.ctx, job)
+	s.run(rj.ctx, job, rj.reattach)
 }
 
 // Cancel cancels a job. A queued job ends canceled at once; a running one
@@ -481,8 +516,14 @@ func (s *Service) Cancel(ctx context.Context, id string) (*Job, error) {
 		s.mu.Unlock()
 		return s.cancelQueued(ctx, id)
 	}
+	if slices.Contains(s.recovering, id) {
+		// Not re-attached yet: its worker starts it canceled, which stops
+		// its process.
+		s.canceledEarly[id] = true
+	}
 	rj, running := s.running[id]
-	if running {
+	running = running || s.canceledEarly[id]
+	if rj != nil {
 		// Harmless if the job has just ended: its run is over.
 		rj.cancel(errCanceled)
 	}
@@ -528,31 +569,53 @@ func (s *Service) cancelQueued(ctx context.Context, id string) (*Job, error) {
 }
 
 // run runs one job to its end and records everything it does. ctx ends
-// when the job is canceled or the service closes.
-func (s *Service) run(ctx context.Context, job *Job) {
+// when the job is canceled or the service closes. With reattach, the job
+// was running under a previous server: it is picked up through the
+// executor's Reattach, skipping the output already stored.
+func (s *Service) run(ctx context.Context, job *Job, reattach bool) {
 	log := s.log.With("job", job.ID)
 	rec := newRecorder(s.store, s.broker, log, job)
 
 	started := time.Now().UTC()
-	if err := rec.Status(StatusRunning, func(j *Job) { j.StartedAt = &started }); err != nil {
+	if reattach && job.StartedAt != nil {
+		started = *job.StartedAt
+	} else if err := rec.Status(StatusRunning, func(j *Job) { j.StartedAt = &started }); err != nil {
 		log.Error("record running", "err", err)
 	}
-	log.Info("job started", "timeout", job.Timeout)
 
 	timeout := job.Timeout
 	if timeout <= 0 || timeout > s.cfg.MaxTimeout {
 		timeout = s.cfg.MaxTimeout
 	}
-	rctx, cancel := context.WithTimeoutCause(ctx, timeout, errTimedOut)
+	// The time limit counts from the job's start, also across a restart.
+	rctx, cancel := context.WithDeadlineCause(ctx, started.Add(timeout), errTimedOut)
 	defer cancel()
 
-	out := &recordOutput{rec: rec, limit: s.cfg.MaxOutput, tailMax: s.cfg.OutputTail}
-	out.mask[0].secrets, out.mask[1].secrets = s.cfg.Secrets, s.cfg.Secrets
+	out := newRecordOutput(rec, s.cfg, job.Offsets)
 	spec := Spec{JobID: job.ID, Archive: s.archives.Path(job.Archive), Args: job.Args}
-	res, err := s.exec.Run(rctx, spec, out)
+	var res Result
+	var err error
+	if reattach {
+		log.Info("job re-attached", "offsets", job.Offsets)
+		res, err = s.exec.(Reattacher).Reattach(rctx, spec, out)
+	} else {
+		log.Info("job started", "timeout", timeout)
+		res, err = s.exec.Run(rctx, spec, out)
+	}
+	cause := context.Cause(rctx)
+	if err != nil && errors.Is(cause, ErrDetach) {
+		// Shutting down: the job keeps running, to be re-attached by the
+		// next server. Store what was recorded so far, with its offsets,
+		// and nothing else: held-back bytes are replayed after the restart.
+		if cerr := rec.Close(); cerr != nil {
+			log.Error("job events not fully recorded", "err", cerr)
+		}
+		log.Info("job left running for the next server")
+		return
+	}
 	out.flush()
 
-	status, exitCode, reason := outcome(res, err, context.Cause(rctx), timeout)
+	status, exitCode, reason := outcome(res, err, cause, timeout)
 	finished := time.Now().UTC()
 	if serr := rec.Status(status, func(j *Job) {
 		j.FinishedAt = &finished
@@ -577,6 +640,8 @@ func outcome(res Result, err error, cause error, timeout time.Duration) (Status,
 		return StatusCanceled, nil, "canceled by user"
 	case err != nil && cause != nil:
 		return StatusError, nil, "ci-server shut down while the job was running; submit it again"
+	case err != nil && errors.Is(err, ErrGone):
+		return StatusError, nil, "the job's test container disappeared while ci-server was down (" + err.Error() + "); submit it again"
 	case err != nil:
 		return StatusError, nil, err.Error()
 	case res.OOMKilled:
@@ -613,14 +678,23 @@ func failReason(code int) string {
 }
 
 // recordOutput adapts a recorder to the Executor's Output. It keeps each
-// stream's chunks valid UTF-8 and caps what a job stores: past limit bytes,
-// output is no longer recorded, except for the last tailMax bytes, which
-// flush records after one marker that says how much was dropped. So a
-// flood can't fill the disk, and pytest's summary at the end survives.
+// stream's chunks valid UTF-8, masks secrets, and caps what a job stores:
+// past limit bytes, output is no longer recorded, except for the last
+// tailMax bytes, which flush records after one marker that says how much
+// was dropped. So a flood can't fill the disk, and pytest's summary at the
+// end survives.
+//
+// It also keeps the job's output offsets: how many raw bytes of each
+// stream the recorded events account for (bytes held back for an
+// incomplete rune or a possible secret are not counted yet). They are
+// persisted with the events, and after a crash a re-attached job skips
+// exactly that much of the replayed output, so every byte is stored once.
 type recordOutput struct {
-	rec            *recorder
-	stdout, stderr utf8Splitter
-	mask           [2]masker // stdout, stderr
+	rec      *recorder
+	split    [2]utf8Splitter // by stream: stdout, stderr
+	mask     [2]masker
+	consumed [2]int64 // raw bytes received, skipped ones included
+	skip     [2]int64 // raw bytes still to skip (stored before a re-attach)
 
 	limit, tailMax int64
 	written        int64 // bytes recorded live
@@ -634,14 +708,43 @@ type tailChunk struct {
 	stream, text string
 }
 
-func (o *recordOutput) Write(stream string, p []byte) error {
-	sp, m := &o.stdout, &o.mask[0]
+func newRecordOutput(rec *recorder, cfg Config, stored Offsets) *recordOutput {
+	o := &recordOutput{rec: rec, limit: cfg.MaxOutput, tailMax: cfg.OutputTail}
+	o.mask[0].secrets, o.mask[1].secrets = cfg.Secrets, cfg.Secrets
+	o.skip = [2]int64{stored.Stdout, stored.Stderr}
+	o.written = stored.Stdout + stored.Stderr
+	return o
+}
+
+func streamIndex(stream string) int {
 	if stream == StreamStderr {
-		sp, m = &o.stderr, &o.mask[1]
-	} else {
+		return 1
+	}
+	return 0
+}
+
+// offsets returns the raw offsets the recorded output accounts for.
+func (o *recordOutput) offsets() Offsets {
+	held := func(i int) int64 { return int64(len(o.split[i].carry) + len(o.mask[i].held)) }
+	return Offsets{Stdout: o.consumed[0] - held(0), Stderr: o.consumed[1] - held(1)}
+}
+
+func (o *recordOutput) Write(stream string, p []byte) error {
+	i := streamIndex(stream)
+	if stream != StreamStderr {
 		stream = StreamStdout
 	}
-	return o.record(stream, m.Next(sp.Next(p)))
+	if o.skip[i] > 0 {
+		k := min(int64(len(p)), o.skip[i])
+		o.skip[i] -= k
+		o.consumed[i] += k
+		p = p[k:]
+		if len(p) == 0 {
+			return nil
+		}
+	}
+	o.consumed[i] += int64(len(p))
+	return o.record(stream, o.mask[i].Next(o.split[i].Next(p)))
 }
 
 func (o *recordOutput) record(stream, text string) error {
@@ -650,7 +753,8 @@ func (o *recordOutput) record(stream, text string) error {
 	}
 	if o.limit <= 0 || o.written+int64(len(text)) <= o.limit && len(o.tail) == 0 {
 		o.written += int64(len(text))
-		return o.rec.Log(stream, text)
+		offs := o.offsets()
+		return o.rec.Log(stream, text, &offs)
 	}
 	o.tail = append(o.tail, tailChunk{stream, text})
 	o.tailBytes += int64(len(text))
@@ -675,17 +779,20 @@ func (o *recordOutput) record(stream, text string) error {
 	return nil
 }
 
-// flush records what the splitters hold back and the tail kept past the
-// limit, after a marker if anything was dropped.
+// flush records what the splitters and maskers hold back and the tail kept
+// past the limit, after a marker if anything was dropped.
 func (o *recordOutput) flush() {
-	o.record(StreamStdout, o.mask[0].Flush(o.mask[0].Next(o.stdout.Flush())))
-	o.record(StreamStderr, o.mask[1].Flush(o.mask[1].Next(o.stderr.Flush())))
+	for i, stream := range []string{StreamStdout, StreamStderr} {
+		text := o.split[i].Flush()
+		o.record(stream, o.mask[i].Flush(o.mask[i].Next(text)))
+	}
+	offs := o.offsets()
 	if o.dropped > 0 {
 		o.rec.Log(StreamStderr, fmt.Sprintf("\n[ci: output passed the limit of %s: %s dropped; the last %s follows]\n",
-			formatBytes(o.limit), formatBytes(o.dropped), formatBytes(o.tailBytes)))
+			formatBytes(o.limit), formatBytes(o.dropped), formatBytes(o.tailBytes)), &offs)
 	}
 	for _, c := range o.tail {
-		o.rec.Log(c.stream, c.text)
+		o.rec.Log(c.stream, c.text, &offs)
 	}
 	o.tail, o.tailBytes = nil, 0
 }

@@ -692,3 +692,111 @@ func TestMaskerHidesSecretsAcrossChunks(t *testing.T) {
 		t.Fatalf("held back %q", got)
 	}
 }
+
+// replayExec is an executor whose Reattach replays the whole output from
+// the first byte, as Docker's logs do, and then the rest.
+type replayExec struct {
+	first, rest []chunkOut // output before the detach, and after it
+	detached    chan struct{}
+	code        int
+}
+
+type chunkOut struct{ stream, text string }
+
+func (e *replayExec) Run(ctx context.Context, spec Spec, out Output) (Result, error) {
+	for _, c := range e.first {
+		out.Write(c.stream, []byte(c.text))
+	}
+	close(e.detached)
+	<-ctx.Done()
+	return Result{}, context.Cause(ctx)
+}
+
+func (e *replayExec) Reattach(ctx context.Context, spec Spec, out Output) (Result, error) {
+	for _, c := range append(append([]chunkOut{}, e.first...), e.rest...) {
+		if err := out.Write(c.stream, []byte(c.text)); err != nil {
+			return Result{}, err
+		}
+	}
+	return Result{ExitCode: e.code}, nil
+}
+
+// TestReattachOffsets is the offset bookkeeping across a restart: the
+// server detaches mid-job (output held back for an incomplete rune and a
+// possible secret included), a new server re-attaches, the executor
+// replays everything from byte 0, and the stored log holds every byte of
+// each stream exactly once, with a gapless seq.
+func TestReattachOffsets(t *testing.T) {
+	const secret = "s3cret-value-42"
+	euro := "€" // 3 bytes, cut across chunks below
+	exec := &replayExec{
+		first: []chunkOut{
+			{StreamStdout, "line 1\nline 2\n"},
+			{StreamStderr, "warn 1\n"},
+			{StreamStdout, "price: " + euro[:1]},  // incomplete rune held back
+			{StreamStderr, "token " + secret[:6]}, // possible secret held back
+		},
+		rest: []chunkOut{
+			{StreamStdout, euro[1:] + "\nline 3\n"},
+			{StreamStderr, secret[6:] + " end\n"},
+			{StreamStdout, "== 1 passed ==\n"},
+		},
+		detached: make(chan struct{}),
+	}
+	st := newMemStore()
+	arch := &dirArchives{dir: t.TempDir()}
+	cfg := Config{Concurrency: 1, Secrets: []string{secret}}
+	svc := NewService(st, arch, exec, cfg)
+	if err := svc.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	env := &testEnv{store: st, arch: arch, svc: svc}
+	job := env.submit(t)
+	<-exec.detached
+	waitFor(t, func() bool { // what was not held back is stored
+		j, _ := st.Job(context.Background(), job.ID)
+		return j.Offsets.Stdout == int64(len("line 1\nline 2\nprice: ")) && j.Offsets.Stderr == int64(len("warn 1\ntoken "))
+	})
+	svc.Close()
+	if j, _ := st.Job(context.Background(), job.ID); j.Status != StatusRunning {
+		t.Fatalf("after a shutdown the job is %s, want still running (to re-attach)", j.Status)
+	}
+
+	svc2 := NewService(st, arch, exec, cfg)
+	if err := svc2.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer svc2.Close()
+	evs := collect(t, svc2, job.ID, 0)
+	var stdout, stderr strings.Builder
+	for i, ev := range evs {
+		if ev.Seq != int64(i+1) {
+			t.Fatalf("event %d has seq %d, want gapless", i, ev.Seq)
+		}
+		switch ev.Stream {
+		case StreamStdout:
+			stdout.WriteString(ev.Text)
+		case StreamStderr:
+			stderr.WriteString(ev.Text)
+		}
+	}
+	if want := "line 1\nline 2\nprice: €\nline 3\n== 1 passed ==\n"; stdout.String() != want {
+		t.Fatalf("stdout %q, want %q (every byte once)", stdout.String(), want)
+	}
+	if want := "warn 1\ntoken *** end\n"; stderr.String() != want {
+		t.Fatalf("stderr %q, want %q (every byte once, secret masked)", stderr.String(), want)
+	}
+	last := evs[len(evs)-1]
+	if last.Status != StatusPassed {
+		t.Fatalf("job ended %s, want passed", last.Status)
+	}
+	statuses := 0
+	for _, ev := range evs {
+		if ev.Type == EventStatus && ev.Status == StatusRunning {
+			statuses++
+		}
+	}
+	if statuses != 1 {
+		t.Fatalf("%d running events, want 1 (a re-attach is not a new start)", statuses)
+	}
+}

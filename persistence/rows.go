@@ -22,6 +22,10 @@ type jobRow struct {
 	Reason      string     `gorm:"type:text;not null"`
 	LastSeq     int64      `gorm:"not null"`
 	TimeoutMS   int64      `gorm:"column:timeout_ms;not null;default:0"` // 0: the server's maximum
+	// StdoutBytes and StderrBytes are the job's output offsets (see
+	// jobs.Offsets), saved with the events they account for.
+	StdoutBytes int64 `gorm:"not null;default:0"`
+	StderrBytes int64 `gorm:"not null;default:0"`
 
 	// Events is only here so that AutoMigrate declares the foreign key
 	// events.job_id -> jobs.id. It is never loaded or saved.
@@ -70,6 +74,8 @@ func newJobRow(j *jobs.Job) (jobRow, error) {
 		Reason:      j.Reason,
 		LastSeq:     j.LastSeq,
 		TimeoutMS:   j.Timeout.Milliseconds(),
+		StdoutBytes: j.Offsets.Stdout,
+		StderrBytes: j.Offsets.Stderr,
 	}, nil
 }
 
@@ -92,6 +98,7 @@ func (r *jobRow) job() (*jobs.Job, error) {
 		Reason:      r.Reason,
 		LastSeq:     r.LastSeq,
 		Timeout:     time.Duration(r.TimeoutMS) * time.Millisecond,
+		Offsets:     jobs.Offsets{Stdout: r.StdoutBytes, Stderr: r.StderrBytes},
 	}, nil
 }
 

@@ -652,3 +652,33 @@ func TestCreateJob_Concurrent(t *testing.T) {
 		t.Fatalf("%d distinct ids, want %d", len(seen), n)
 	}
 }
+
+// TestOffsetsSavedWithEvents checks that a job's output offsets are saved
+// by AppendEvents, in the same transaction, and read back.
+func TestOffsetsSavedWithEvents(t *testing.T) {
+	s := MustOpen(t)
+	ctx := context.Background()
+	job := &jobs.Job{Status: jobs.StatusRunning, CreatedAt: time.Now(), LastSeq: 1}
+	if err := s.CreateJob(ctx, job, []jobs.Event{{Seq: 1, Type: jobs.EventStatus, Status: jobs.StatusQueued, Time: time.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	job.LastSeq = 2
+	job.Offsets = jobs.Offsets{Stdout: 1234, Stderr: 56}
+	if err := s.AppendEvents(ctx, job, []jobs.Event{{JobID: job.ID, Seq: 2, Type: jobs.EventLog, Stream: "stdout", Text: "x", Time: time.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Job(ctx, job.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Offsets != job.Offsets {
+		t.Fatalf("offsets %+v, want %+v", got.Offsets, job.Offsets)
+	}
+	// A refused batch changes nothing, offsets included.
+	job.Offsets = jobs.Offsets{Stdout: 9999}
+	job.LastSeq = 5
+	s.AppendEvents(ctx, job, []jobs.Event{{JobID: job.ID, Seq: 5, Type: jobs.EventLog, Text: "y", Time: time.Now()}})
+	if got, _ := s.Job(ctx, job.ID); got.Offsets.Stdout != 1234 {
+		t.Fatalf("offsets %+v after a refused batch, want them unchanged", got.Offsets)
+	}
+}
