@@ -42,16 +42,7 @@ func newEnv(t *testing.T, maxUpload int64) *env {
 // newEnvWith is newEnv with the API configuration changed by tweak.
 func newEnvWith(t *testing.T, tweak func(*api.Config)) *env {
 	t.Helper()
-	dir := t.TempDir()
-	store, err := persistence.Open(context.Background(), filepath.Join(dir, "ci.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	archDir := filepath.Join(dir, "archives")
-	arch, err := persistence.NewArchives(archDir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	store, arch, archDir := openStore(t)
 	svc := jobs.NewService(store, arch, &executor.Fake{}, jobs.Config{Concurrency: 2})
 	if err := svc.Start(context.Background()); err != nil {
 		t.Fatal(err)
@@ -65,9 +56,26 @@ func newEnvWith(t *testing.T, tweak func(*api.Config)) *env {
 		srv.Close()
 		events.Close()
 		svc.Close()
-		store.Close()
 	})
 	return &env{srv: srv, svc: svc, archDir: archDir}
+}
+
+// openStore opens a real SQLite store and archive dir in a temp dir; the
+// store is closed when the test ends.
+func openStore(t *testing.T) (*persistence.Store, *persistence.Archives, string) {
+	t.Helper()
+	dir := t.TempDir()
+	store, err := persistence.Open(context.Background(), filepath.Join(dir, "ci.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	archDir := filepath.Join(dir, "archives")
+	arch, err := persistence.NewArchives(archDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store, arch, archDir
 }
 
 // project returns a zip whose fake script prints n numbered lines and
@@ -603,16 +611,7 @@ func waitEmpty(t *testing.T, dir string) {
 // TestQueueFullRetryAfter fills a one-slot queue behind a running job: the
 // next upload gets 503 with Retry-After.
 func TestQueueFullRetryAfter(t *testing.T) {
-	dir := t.TempDir()
-	store, err := persistence.Open(context.Background(), filepath.Join(dir, "ci.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	arch, err := persistence.NewArchives(filepath.Join(dir, "archives"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	store, arch, archDir := openStore(t)
 	svc := jobs.NewService(store, arch, &executor.Fake{}, jobs.Config{Concurrency: 1, MaxQueued: 1})
 	if err := svc.Start(context.Background()); err != nil {
 		t.Fatal(err)
@@ -620,7 +619,7 @@ func TestQueueFullRetryAfter(t *testing.T) {
 	defer svc.Close()
 	srv := httptest.NewServer(api.NewHandler(svc, api.Config{}))
 	defer srv.Close()
-	e := &env{srv: srv, svc: svc, archDir: filepath.Join(dir, "archives")}
+	e := &env{srv: srv, svc: svc, archDir: archDir}
 
 	var buf bytes.Buffer
 	zw := zip.NewWriter(&buf)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -13,7 +12,6 @@ import (
 
 	"ci/api"
 	"ci/jobs"
-	"ci/persistence"
 	"ci/ws"
 
 	"github.com/coder/websocket"
@@ -52,16 +50,7 @@ func heapInUse() uint64 {
 // the reader gets every line, in order, with gapless seqs.
 func TestSlowReaderBoundedAndComplete(t *testing.T) {
 	const lines = 96 << 10 // 96 MiB of 1 KiB lines
-	dir := t.TempDir()
-	store, err := persistence.Open(context.Background(), filepath.Join(dir, "ci.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	arch, err := persistence.NewArchives(filepath.Join(dir, "archives"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	store, arch, _ := openStore(t)
 	svc := jobs.NewService(store, arch, floodExec{lines}, jobs.Config{Concurrency: 1, MaxOutput: 1 << 30})
 	events := ws.NewHandler(svc, nil)
 	events.WriteTimeout = 5 * time.Minute // the reader stalls on purpose
