@@ -20,6 +20,8 @@ const (
 	Tmp = "/tmp"
 	// LabelJob is the container label holding the job ID.
 	LabelJob = "ci.job"
+	// LogDriver is the log driver of every test container.
+	LogDriver = "json-file"
 )
 
 // The limits a test container gets when DockerConfig leaves them zero.
@@ -184,6 +186,12 @@ func containerConfig(spec jobs.Spec, image string, lim Limits) (*container.Confi
 		Tmpfs: map[string]string{
 			Tmp: fmt.Sprintf("rw,exec,nosuid,nodev,size=%d,mode=1777", lim.TmpfsSize),
 		},
+		// Reattach reads the whole output back from the container's log,
+		// and Run hands out the same bytes as this driver stores (see
+		// logText): json-file, whatever the engine's default driver is.
+		// Options the engine sets for json-file (max-size, max-file) still
+		// apply: a rotated log would lose the start of a long output.
+		LogConfig:   container.LogConfig{Type: LogDriver},
 		CapDrop:     strslice.StrSlice{"ALL"},
 		SecurityOpt: []string{"no-new-privileges"},
 		// docker-init (tini) as PID 1: it passes SIGTERM on to pytest (a

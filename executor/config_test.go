@@ -89,6 +89,9 @@ func TestContainerConfig(t *testing.T) {
 			if len(host.Binds) != 0 || len(host.Mounts) != 0 {
 				t.Errorf("Binds=%v Mounts=%v, want none: the project goes in through the API", host.Binds, host.Mounts)
 			}
+			if host.LogConfig.Type != "json-file" {
+				t.Errorf("LogConfig.Type=%q, want json-file (Reattach reads the log back)", host.LogConfig.Type)
+			}
 			if host.AutoRemove {
 				t.Error("AutoRemove set: Run removes the container itself, after reading its exit state")
 			}

@@ -1,6 +1,6 @@
 // Package executor runs jobs' tests: Docker runs them in containers through
 // the Docker Engine API, and Fake plays scripted output for tests of other
-// packages. Both implement jobs.Executor.
+// packages. Both implement jobs.Executor and jobs.Reattacher.
 package executor
 
 import (
@@ -11,10 +11,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
-	"github.com/docker/docker/api/types"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
@@ -132,6 +132,12 @@ func (d *Docker) Close() error {
 // to its output, starts it and streams stdout and stderr to out as they are
 // written.
 //
+// The bytes Run hands out are those the container wrote, except that each
+// byte that is not part of valid UTF-8 is replaced with U+FFFD the way the
+// engine's json-file log stores it (see logText): so Reattach, which reads
+// that log, hands out the same bytes. Valid UTF-8 passes unchanged; a rune
+// cut between two chunks is handed out once complete.
+//
 // When the tests end by themselves, Run returns their exit code, with
 // MemoryLimit set to Limits().Memory. If the kernel killed pytest for going
 // over the memory limit, OOMKilled is set too (the exit code is then 137).
@@ -146,8 +152,19 @@ func (d *Docker) Close() error {
 // context.DeadlineExceeded) and context.Cause(ctx). When ctx is done
 // before the tests started, Run returns without a grace.
 //
-// Whatever way Run returns, it removes the container with its volume; it
-// writes no temporary files (the project is streamed from the zip).
+// Detach: when ctx ends with the cause jobs.ErrDetach once the container
+// has been started, Run stops following it and returns at once (no out.Write
+// after it returns) with an error matching context.Canceled and
+// jobs.ErrDetach, leaving the container, running or exited, with its volume
+// and log for Reattach. If the detach comes before the container was
+// started, nothing of the tests ran: Run removes the container as for any
+// other ending, and Reattach will report the job gone. The start itself is
+// not interrupted by ctx (it takes a fraction of a second), so a container
+// is never left in doubt between the two.
+//
+// Whatever other way Run returns, it removes the container with its
+// volume; it writes no temporary files (the project is streamed from the
+// zip).
 func (d *Docker) Run(ctx context.Context, spec jobs.Spec, out jobs.Output) (jobs.Result, error) {
 	if ctx.Err() != nil {
 		return jobs.Result{}, ctxError(ctx)
@@ -180,15 +197,29 @@ func (d *Docker) Run(ctx context.Context, spec jobs.Spec, out jobs.Output) (jobs
 		return jobs.Result{}, ctxErr(ctx, fmt.Errorf("create container: %w", err))
 	}
 	log = log.With("container", shortID(created.ID))
-	defer d.remove(ctx, created.ID, log)
+	keep := false
+	defer func() {
+		if keep {
+			log.Info("detached: container left for Reattach", "cause", context.Cause(ctx))
+			return
+		}
+		d.remove(ctx, created.ID, log)
+	}()
 	log.Debug("container created", "image", d.image)
 	d.step("created", created.ID)
 
-	res, err := d.run(ctx, created.ID, entries, out, log)
+	res, started, err := d.run(ctx, created.ID, entries, out, log)
 	if err != nil {
+		keep = started && detached(ctx)
 		return jobs.Result{}, ctxErr(ctx, err)
 	}
 	return res, nil
+}
+
+// detached reports whether ctx ended with the cause jobs.ErrDetach: the
+// service stops following the job but the tests go on.
+func detached(ctx context.Context) bool {
+	return ctx.Err() != nil && errors.Is(context.Cause(ctx), jobs.ErrDetach)
 }
 
 // exitKilled is the exit code of a container whose main process died of
@@ -196,10 +227,11 @@ func (d *Docker) Run(ctx context.Context, spec jobs.Spec, out jobs.Output) (jobs
 const exitKilled = 137
 
 // run copies the project into the created container id, runs it and
-// follows it to its end.
-func (d *Docker) run(ctx context.Context, id string, entries []tarEntry, out jobs.Output, log *slog.Logger) (jobs.Result, error) {
+// follows it to its end. started reports whether the container was
+// started.
+func (d *Docker) run(ctx context.Context, id string, entries []tarEntry, out jobs.Output, log *slog.Logger) (res jobs.Result, started bool, err error) {
 	if err := d.copyProject(ctx, id, entries); err != nil {
-		return jobs.Result{}, err
+		return jobs.Result{}, false, err
 	}
 	log.Debug("project copied")
 	d.step("copied", id)
@@ -208,20 +240,61 @@ func (d *Docker) run(ctx context.Context, id string, entries []tarEntry, out job
 	// as they are written (the logs endpoint waits for the newline).
 	hj, err := d.cli.ContainerAttach(ctx, id, container.AttachOptions{Stream: true, Stdout: true, Stderr: true})
 	if err != nil {
-		return jobs.Result{}, fmt.Errorf("attach to container: %w", err)
+		return jobs.Result{}, false, fmt.Errorf("attach to container: %w", err)
 	}
 	defer hj.Close()
 
 	// Register the wait before start, so the exit cannot be missed.
-	// Canceling waitCtx (on return) ends the goroutine in every case.
+	// Canceling waitCtx (on return) ends the wait in every case.
 	waitCtx, cancelWait := context.WithCancel(ctx)
 	defer cancelWait()
-	type waitResult struct {
-		resp container.WaitResponse
-		err  error
+	waited := d.wait(waitCtx, id, container.WaitConditionNextExit)
+
+	if ctx.Err() != nil {
+		return jobs.Result{}, false, ctxError(ctx)
 	}
+	// Not interrupted by ctx: whether the container runs is then known
+	// for sure (a detach leaves it only if it runs).
+	start := time.Now()
+	startCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), removeTimeout)
+	err = d.cli.ContainerStart(startCtx, id, container.StartOptions{})
+	cancel()
+	if err != nil {
+		return jobs.Result{}, false, fmt.Errorf("start container: %w", err)
+	}
+	log.Debug("container started")
+	d.step("started", id)
+
+	stdout := &streamWriter{out: out, stream: jobs.StreamStdout, text: &logText{}}
+	stderr := &streamWriter{out: out, stream: jobs.StreamStderr, text: &logText{}}
+	if err := d.copyOutput(ctx, id, hj.Reader, hj.Close, stdout, stderr, log); err != nil {
+		return jobs.Result{}, true, err
+	}
+	// The output has ended: the container has exited or is about to.
+	if err := waitExit(ctx, waited); err != nil {
+		return jobs.Result{}, true, err
+	}
+	res, err = d.result(ctx, id, out, log)
+	if err != nil {
+		return jobs.Result{}, true, err
+	}
+	log.Info("container exited", "exit_code", res.ExitCode, "oom_killed", res.OOMKilled,
+		"duration", time.Since(start).Round(time.Millisecond))
+	return res, true, nil
+}
+
+// waitResult is the outcome of a ContainerWait.
+type waitResult struct {
+	resp container.WaitResponse
+	err  error
+}
+
+// wait registers a ContainerWait for cond and returns where its outcome
+// will be sent. It is abandoned when ctx is done: cancel ctx once the
+// outcome is no longer needed.
+func (d *Docker) wait(ctx context.Context, id string, cond container.WaitCondition) <-chan waitResult {
 	waited := make(chan waitResult, 1)
-	waitC, waitErrC := d.cli.ContainerWait(waitCtx, id, container.WaitConditionNextExit)
+	waitC, waitErrC := d.cli.ContainerWait(ctx, id, cond)
 	go func() {
 		select {
 		case resp := <-waitC:
@@ -230,56 +303,98 @@ func (d *Docker) run(ctx context.Context, id string, entries []tarEntry, out job
 			waited <- waitResult{err: err}
 		}
 	}()
+	return waited
+}
 
-	start := time.Now()
-	if err := d.cli.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
-		return jobs.Result{}, fmt.Errorf("start container: %w", err)
-	}
-	log.Debug("container started")
-	d.step("started", id)
-
+// copyOutput copies the multiplexed output stream r of the started
+// container id to stdout and stderr until it ends; at its end it flushes
+// them (see logText).
+//
+// When ctx is done: with jobs.ErrDetach, copyOutput closes the stream
+// (closeStream) and returns without touching the container; otherwise it
+// stops the container gracefully, still copying its output meanwhile. It
+// then returns ctxError(ctx). No out.Write happens after it returns.
+func (d *Docker) copyOutput(ctx context.Context, id string, r io.Reader, closeStream func(),
+	stdout, stderr *streamWriter, log *slog.Logger) error {
+	var detaching atomic.Bool
 	copied := make(chan error, 1)
 	go func() {
-		_, err := stdcopy.StdCopy(
-			&streamWriter{out: out, stream: jobs.StreamStdout},
-			&streamWriter{out: out, stream: jobs.StreamStderr},
-			hj.Reader)
+		_, err := stdcopy.StdCopy(stdout, stderr, r)
+		if err == nil && !detaching.Load() {
+			// The end of the output: hand out a rune held back at the
+			// end of either stream, as the log's last message has it.
+			err = stdout.flush()
+			if err == nil {
+				err = stderr.flush()
+			}
+		}
 		copied <- err
 	}()
 	select {
 	case err := <-copied:
-		if err != nil {
-			var werr *writeError
-			if errors.As(err, &werr) {
-				return jobs.Result{}, werr.err
-			}
-			return jobs.Result{}, fmt.Errorf("read container output: %w", err)
-		}
+		return outputError(err)
 	case <-ctx.Done():
-		d.stop(ctx, id, hj, copied, log)
-		return jobs.Result{}, ctxError(ctx)
+		if detached(ctx) {
+			// What was not handed out yet is in the log, for Reattach.
+			detaching.Store(true)
+			closeStream()
+			<-copied
+			return ctxError(ctx)
+		}
+		d.stop(ctx, id, closeStream, copied, log)
+		return ctxError(ctx)
 	}
+}
 
-	// The output has ended: the container has exited or is about to.
+// outputError returns the error of copying a container's output: the
+// error of jobs.Output as it is, any other as one reading the output.
+func outputError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var werr *writeError
+	if errors.As(err, &werr) {
+		return werr.err
+	}
+	return fmt.Errorf("read container output: %w", err)
+}
+
+// waitExit waits for the outcome of the container's wait.
+func waitExit(ctx context.Context, waited <-chan waitResult) error {
 	var w waitResult
 	select {
 	case w = <-waited:
 	case <-ctx.Done():
-		return jobs.Result{}, ctxError(ctx)
+		return ctxError(ctx)
 	}
 	if w.err != nil {
-		return jobs.Result{}, fmt.Errorf("wait for container: %w", w.err)
+		return fmt.Errorf("wait for container: %w", w.err)
 	}
 	if w.resp.Error != nil && w.resp.Error.Message != "" {
-		return jobs.Result{}, fmt.Errorf("wait for container: %s", w.resp.Error.Message)
+		return fmt.Errorf("wait for container: %s", w.resp.Error.Message)
 	}
+	return nil
+}
 
+// result returns how the exited container id ended, from its state: the
+// exit code, and whether pytest was killed for going over the memory limit.
+// If another process was, it writes a note saying so to out's stderr.
+func (d *Docker) result(ctx context.Context, id string, out jobs.Output, log *slog.Logger) (jobs.Result, error) {
 	info, err := d.cli.ContainerInspect(ctx, id)
 	if err != nil {
 		return jobs.Result{}, fmt.Errorf("inspect container: %w", err)
 	}
-	res := jobs.Result{ExitCode: int(w.resp.StatusCode), MemoryLimit: d.limits.Memory}
-	oom := info.ContainerJSONBase != nil && info.State != nil && info.State.OOMKilled
+	if info.ContainerJSONBase == nil || info.State == nil {
+		return jobs.Result{}, errors.New("inspect container: no state")
+	}
+	// The limit the container has: a Reattach may follow a container
+	// created with an earlier configuration.
+	limit := d.limits.Memory
+	if info.HostConfig != nil && info.HostConfig.Memory > 0 {
+		limit = info.HostConfig.Memory
+	}
+	res := jobs.Result{ExitCode: info.State.ExitCode, MemoryLimit: limit}
+	oom := info.State.OOMKilled
 	switch {
 	case oom && res.ExitCode == exitKilled:
 		// The engine notes any OOM kill in the container; pytest itself
@@ -290,13 +405,14 @@ func (d *Docker) run(ctx context.Context, id string, entries []tarEntry, out job
 		// on to its end: its exit code stands, and this says why a test
 		// may have failed.
 		note := fmt.Sprintf("\nci: a process of the tests was killed for going over the memory limit of %s\n",
-			formatBytes(d.limits.Memory))
+			formatBytes(limit))
 		if err := out.Write(jobs.StreamStderr, []byte(note)); err != nil {
 			return jobs.Result{}, fmt.Errorf("write %s: %w", jobs.StreamStderr, err)
 		}
 	}
-	log.Info("container exited", "exit_code", res.ExitCode, "oom_killed", res.OOMKilled, "oom_event", oom,
-		"duration", time.Since(start).Round(time.Millisecond))
+	if oom {
+		log.Info("OOM kill in the container", "pytest_killed", res.OOMKilled)
+	}
 	return res, nil
 }
 
@@ -320,9 +436,10 @@ func (d *Docker) step(step, id string) {
 // stop stops the running container id once ctx is done: the engine sends
 // SIGTERM, then SIGKILL after the grace. Meanwhile the output goes on being
 // copied to out; stop returns once the copy has ended, within StopGrace +
-// stopMargin + drainTimeout. If the engine does not stop the container in
-// time, the removal that follows kills it.
-func (d *Docker) stop(ctx context.Context, id string, hj types.HijackedResponse, copied <-chan error, log *slog.Logger) {
+// stopMargin + drainTimeout (closing the stream if it has not ended by
+// then). If the engine does not stop the container in time, the removal
+// that follows kills it.
+func (d *Docker) stop(ctx context.Context, id string, closeStream func(), copied <-chan error, log *slog.Logger) {
 	start := time.Now()
 	log.Info("stopping container", "cause", context.Cause(ctx), "grace", d.limits.StopGrace)
 	grace := int(d.limits.StopGrace / time.Second)
@@ -332,7 +449,7 @@ func (d *Docker) stop(ctx context.Context, id string, hj types.HijackedResponse,
 	if err != nil && !cerrdefs.IsNotFound(err) {
 		log.Warn("stop container", "err", err)
 	}
-	// Once the container has stopped, the attach stream ends: the copy
+	// Once the container has stopped, the output stream ends: the copy
 	// returns when it has handed out the last of the output.
 	t := time.NewTimer(drainTimeout)
 	defer t.Stop()
@@ -340,7 +457,7 @@ func (d *Docker) stop(ctx context.Context, id string, hj types.HijackedResponse,
 	case <-copied:
 	case <-t.C:
 		log.Warn("container output did not end after stop")
-		hj.Close()
+		closeStream()
 		<-copied
 	}
 	log.Info("container stopped", "took", time.Since(start).Round(time.Millisecond))
@@ -443,9 +560,33 @@ func (d *Docker) remove(ctx context.Context, id string, log *slog.Logger) {
 }
 
 // streamWriter hands what it is given to one stream of a jobs.Output.
+// With text set, it hands out what text makes of it.
 type streamWriter struct {
 	out    jobs.Output
 	stream string
+	text   *logText
+	// n counts the bytes handed to out.
+	n int64
+}
+
+// skipWriter drops the first skip bytes written to it and passes the rest
+// on to w.
+type skipWriter struct {
+	w    io.Writer
+	skip int64
+}
+
+func (s *skipWriter) Write(p []byte) (int, error) {
+	if s.skip >= int64(len(p)) {
+		s.skip -= int64(len(p))
+		return len(p), nil
+	}
+	q := p[s.skip:]
+	s.skip = 0
+	if _, err := s.w.Write(q); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 // writeError marks an error returned by jobs.Output, to tell it from an
@@ -455,10 +596,33 @@ type writeError struct{ err error }
 func (e *writeError) Error() string { return e.err.Error() }
 
 func (w *streamWriter) Write(p []byte) (int, error) {
-	if err := w.out.Write(w.stream, p); err != nil {
-		return 0, &writeError{err: fmt.Errorf("write %s: %w", w.stream, err)}
+	b := p
+	if w.text != nil {
+		b = w.text.Next(p)
+	}
+	if err := w.write(b); err != nil {
+		return 0, err
 	}
 	return len(p), nil
+}
+
+// flush hands out what text holds back, at the end of the stream.
+func (w *streamWriter) flush() error {
+	if w.text == nil {
+		return nil
+	}
+	return w.write(w.text.Flush())
+}
+
+func (w *streamWriter) write(b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	if err := w.out.Write(w.stream, b); err != nil {
+		return &writeError{err: fmt.Errorf("write %s: %w", w.stream, err)}
+	}
+	w.n += int64(len(b))
+	return nil
 }
 
 // ctxErr returns ctxError(ctx) if ctx is done, so a canceled run reports

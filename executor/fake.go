@@ -3,12 +3,14 @@ package executor
 import (
 	"archive/zip"
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -30,7 +32,7 @@ const maxFakeScript = 1 << 20
 //	sleep 2s          wait for a duration (time.ParseDuration)
 //	exit 3            end with that exit code (the default is 0)
 //	fail "message"    end with an error: the tests could not be run
-//	block             wait until the context is canceled
+//	block             wait until the run is canceled
 //
 // Blank lines and lines starting with # are skipped. Without a script it
 // writes "fake: no ci-fake-script\n" to stdout and exits 0. Like Docker it
@@ -38,16 +40,37 @@ const maxFakeScript = 1 << 20
 // ctx is done, returns promptly an error matching ctx.Err() and
 // context.Cause(ctx). The zero value is ready to use and safe for
 // concurrent use.
+//
+// Fake is a jobs.Reattacher too. Each Run plays its script in a "process"
+// of its own, which records every chunk it writes, and follows it. When
+// Run's ctx ends with the cause jobs.ErrDetach, Run returns and the process
+// plays on in the background, recording; Reattach with the same job ID then
+// replays the recorded chunks from the first one (the same chunks Run
+// handed out, in the same order) and follows the process to its end, which
+// may have come meanwhile. Any other end of ctx (or a failed out.Write)
+// cancels the process, which then ends at its current command. A process
+// is kept until a Reattach that does not detach collects it, so there is
+// one Reattach at a time per job; job IDs must be unique.
 type Fake struct {
-	live atomic.Int64
+	live atomic.Int64 // calls of Run and Reattach in progress
+
+	mu       sync.Mutex
+	detached map[string]*fakeProc // by job ID
 }
 
-var _ jobs.Executor = (*Fake)(nil)
+var (
+	_ jobs.Executor   = (*Fake)(nil)
+	_ jobs.Reattacher = (*Fake)(nil)
+)
 
-// Live returns how many runs are in progress, so tests can check that
-// none is left behind.
+// Live returns how many runs are in progress or left behind: calls of Run
+// and Reattach that have not returned, plus processes of detached runs
+// (running or ended) that no Reattach has collected yet. Tests check that
+// it is back to 0 once everything returned.
 func (f *Fake) Live() int {
-	return int(f.live.Load())
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return int(f.live.Load()) + len(f.detached)
 }
 
 // Run implements jobs.Executor by playing the project's FakeScript.
@@ -61,17 +84,124 @@ func (f *Fake) Run(ctx context.Context, spec jobs.Spec, out jobs.Output) (jobs.R
 	if err != nil {
 		return jobs.Result{}, err
 	}
-	if script == nil {
-		if err := out.Write(jobs.StreamStdout, []byte("fake: no "+FakeScript+"\n")); err != nil {
-			return jobs.Result{}, fmt.Errorf("write %s: %w", jobs.StreamStdout, err)
+	cmds := []fakeCmd{{op: "stdout", text: "fake: no " + FakeScript + "\n"}}
+	if script != nil {
+		if cmds, err = parseFakeScript(script); err != nil {
+			return jobs.Result{}, err
 		}
-		return jobs.Result{}, nil
 	}
-	cmds, err := parseFakeScript(script)
-	if err != nil {
-		return jobs.Result{}, err
+	return f.follow(ctx, spec.JobID, startFakeProc(cmds), out)
+}
+
+// Reattach implements jobs.Reattacher: it replays the whole output of the
+// process a detached Run (or Reattach) of spec.JobID left, then follows it
+// to its end. Without one it returns an error wrapping jobs.ErrGone.
+func (f *Fake) Reattach(ctx context.Context, spec jobs.Spec, out jobs.Output) (jobs.Result, error) {
+	f.live.Add(1)
+	defer f.live.Add(-1)
+	if detached(ctx) {
+		return jobs.Result{}, ctxError(ctx)
 	}
-	return playFakeScript(ctx, cmds, out)
+	f.mu.Lock()
+	p := f.detached[spec.JobID]
+	delete(f.detached, spec.JobID)
+	f.mu.Unlock()
+	if p == nil {
+		return jobs.Result{}, fmt.Errorf("fake: no detached run of job %s: %w", spec.JobID, jobs.ErrGone)
+	}
+	return f.follow(ctx, spec.JobID, p, out)
+}
+
+// follow writes p's output to out from its first chunk and waits for its
+// end. On a detach it keeps p for Reattach; on any other end of ctx, or a
+// failed write, it cancels p and waits for it.
+func (f *Fake) follow(ctx context.Context, jobID string, p *fakeProc, out jobs.Output) (jobs.Result, error) {
+	for next := 0; ; {
+		p.mu.Lock()
+		chunks := p.chunks[next:]
+		ended, res, err := p.ended, p.res, p.err
+		changed := p.changed
+		p.mu.Unlock()
+		for _, c := range chunks {
+			if werr := out.Write(c.stream, c.p); werr != nil {
+				werr = fmt.Errorf("write %s: %w", c.stream, werr)
+				p.stop(werr)
+				return jobs.Result{}, werr
+			}
+			next++
+		}
+		if ended {
+			return res, err
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			if detached(ctx) {
+				f.mu.Lock()
+				if f.detached == nil {
+					f.detached = make(map[string]*fakeProc)
+				}
+				f.detached[jobID] = p
+				f.mu.Unlock()
+			} else {
+				p.stop(context.Cause(ctx))
+			}
+			return jobs.Result{}, ctxError(ctx)
+		}
+	}
+}
+
+// fakeProc is the "test process" of a Fake run: its script playing in a
+// goroutine of its own, and everything it wrote.
+type fakeProc struct {
+	cancel context.CancelCauseFunc
+	done   chan struct{} // closed when the script has ended
+
+	mu      sync.Mutex
+	chunks  []fakeChunk
+	changed chan struct{} // closed (and replaced) when chunks or ended change
+	ended   bool
+	res     jobs.Result
+	err     error
+}
+
+// fakeChunk is one write of a fakeProc.
+type fakeChunk struct {
+	stream string
+	p      []byte
+}
+
+// startFakeProc starts playing cmds.
+func startFakeProc(cmds []fakeCmd) *fakeProc {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	p := &fakeProc{cancel: cancel, done: make(chan struct{}), changed: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		res, err := playFakeScript(ctx, cmds, p)
+		cancel(nil)
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.ended, p.res, p.err = true, res, err
+		close(p.changed)
+		p.changed = make(chan struct{})
+	}()
+	return p
+}
+
+// Write records a chunk; it implements jobs.Output for the script.
+func (p *fakeProc) Write(stream string, b []byte) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.chunks = append(p.chunks, fakeChunk{stream: stream, p: bytes.Clone(b)})
+	close(p.changed)
+	p.changed = make(chan struct{})
+	return nil
+}
+
+// stop cancels the script with cause and waits until it has ended.
+func (p *fakeProc) stop(cause error) {
+	p.cancel(cause)
+	<-p.done
 }
 
 // readFakeScript checks the archive like Docker does (names, types and
