@@ -152,21 +152,20 @@ func (d *Docker) Close() error {
 // context.DeadlineExceeded) and context.Cause(ctx). When ctx is done
 // before the tests started, Run returns without a grace.
 //
-// Detach: when ctx ends with the cause jobs.ErrDetach once the container
-// has been started, Run stops following it and returns at once (no out.Write
-// after it returns) with an error matching context.Canceled and
-// jobs.ErrDetach, leaving the container, running or exited, with its volume
-// and log for Reattach. If the detach comes before the container was
-// started, nothing of the tests ran: Run removes the container as for any
-// other ending, and Reattach will report the job gone. The start itself is
-// not interrupted by ctx (it takes a fraction of a second), so a container
-// is never left in doubt between the two.
+// Detach: when ctx ends with the cause jobs.ErrDetach, Run first finishes
+// the steps up to the container's start (image, create, copy, attach,
+// start: well under a second unless the image must be pulled), then stops
+// following it and returns (no out.Write after it returns) with an error
+// matching context.Canceled and jobs.ErrDetach, leaving the container,
+// running or exited, with its volume and log for Reattach. So a job is
+// never left half-way between not begun and running. Only a failure of
+// those steps removes the container, as for any other ending.
 //
 // Whatever other way Run returns, it removes the container with its
 // volume; it writes no temporary files (the project is streamed from the
 // zip).
 func (d *Docker) Run(ctx context.Context, spec jobs.Spec, out jobs.Output) (jobs.Result, error) {
-	if ctx.Err() != nil {
+	if ctx.Err() != nil && !detached(ctx) {
 		return jobs.Result{}, ctxError(ctx)
 	}
 	log := d.log.With("job", spec.JobID)
@@ -182,8 +181,22 @@ func (d *Docker) Run(ctx context.Context, spec jobs.Spec, out jobs.Output) (jobs
 		return jobs.Result{}, fmt.Errorf("project archive: %w", err)
 	}
 
-	if err := d.ensureImage(ctx, log); err != nil {
-		return jobs.Result{}, ctxErr(ctx, err)
+	// Until the container has started, a detach (ci-server shutting down)
+	// does not interrupt: a job is either not begun at all or running in
+	// its container, never half-way, so the next server can re-attach to
+	// it. Only a cancel or a timeout stops these steps. They take well
+	// under a second, unless the image must be pulled.
+	prep, stopPrep := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer stopPrep(nil)
+	stopAfter := context.AfterFunc(ctx, func() {
+		if !detached(ctx) {
+			stopPrep(context.Cause(ctx))
+		}
+	})
+	defer stopAfter()
+
+	if err := d.ensureImage(prep, log); err != nil {
+		return jobs.Result{}, ctxErr(prep, err)
 	}
 
 	// Create on a context that is not canceled with ctx: a create that
@@ -208,7 +221,7 @@ func (d *Docker) Run(ctx context.Context, spec jobs.Spec, out jobs.Output) (jobs
 	log.Debug("container created", "image", d.image)
 	d.step("created", created.ID)
 
-	res, started, err := d.run(ctx, created.ID, entries, out, log)
+	res, started, err := d.run(ctx, prep, created.ID, entries, out, log)
 	if err != nil {
 		keep = started && detached(ctx)
 		return jobs.Result{}, ctxErr(ctx, err)
@@ -229,8 +242,8 @@ const exitKilled = 137
 // run copies the project into the created container id, runs it and
 // follows it to its end. started reports whether the container was
 // started.
-func (d *Docker) run(ctx context.Context, id string, entries []tarEntry, out jobs.Output, log *slog.Logger) (res jobs.Result, started bool, err error) {
-	if err := d.copyProject(ctx, id, entries); err != nil {
+func (d *Docker) run(ctx, prep context.Context, id string, entries []tarEntry, out jobs.Output, log *slog.Logger) (res jobs.Result, started bool, err error) {
+	if err := d.copyProject(prep, id, entries); err != nil {
 		return jobs.Result{}, false, err
 	}
 	log.Debug("project copied")
@@ -238,7 +251,7 @@ func (d *Docker) run(ctx context.Context, id string, entries []tarEntry, out job
 
 	// Attach before start, so no output is missed and partial lines arrive
 	// as they are written (the logs endpoint waits for the newline).
-	hj, err := d.cli.ContainerAttach(ctx, id, container.AttachOptions{Stream: true, Stdout: true, Stderr: true})
+	hj, err := d.cli.ContainerAttach(prep, id, container.AttachOptions{Stream: true, Stdout: true, Stderr: true})
 	if err != nil {
 		return jobs.Result{}, false, fmt.Errorf("attach to container: %w", err)
 	}
@@ -246,12 +259,12 @@ func (d *Docker) run(ctx context.Context, id string, entries []tarEntry, out job
 
 	// Register the wait before start, so the exit cannot be missed.
 	// Canceling waitCtx (on return) ends the wait in every case.
-	waitCtx, cancelWait := context.WithCancel(ctx)
+	waitCtx, cancelWait := context.WithCancel(prep)
 	defer cancelWait()
 	waited := d.wait(waitCtx, id, container.WaitConditionNextExit)
 
-	if ctx.Err() != nil {
-		return jobs.Result{}, false, ctxError(ctx)
+	if prep.Err() != nil {
+		return jobs.Result{}, false, ctxError(prep)
 	}
 	// Not interrupted by ctx: whether the container runs is then known
 	// for sure (a detach leaves it only if it runs).

@@ -540,9 +540,10 @@ func TestDockerReattachNeverStarted(t *testing.T) {
 	assertGone(t, d, spec.JobID, created.ID, volumes)
 }
 
-// TestDockerDetachAtEachStep detaches a run right after each step of Run:
-// before the start Run removes the container (Reattach then finds the job
-// gone); after it, the container runs on and Reattach gets all of it.
+// TestDockerDetachAtEachStep detaches a run right after each step of Run.
+// A detach does not interrupt the steps up to the start, so at every step
+// the container ends up started and running on, and Reattach gets all of
+// its output: a job is never left half-way for the next server.
 func TestDockerDetachAtEachStep(t *testing.T) {
 	d := newTestDocker(t, testImage(), true)
 	for _, step := range []string{"created", "copied", "started"} {
@@ -583,13 +584,6 @@ func TestDockerDetachAtEachStep(t *testing.T) {
 				t.Fatalf("container %q with volumes %q, want one created with one volume", id, volumes)
 			}
 			res, rec, err := reattach(t, d, spec)
-			if step != "started" {
-				if !errors.Is(err, jobs.ErrGone) {
-					t.Errorf("Reattach: err=%v, want one matching jobs.ErrGone", err)
-				}
-				assertGone(t, d, spec.JobID, id, volumes)
-				return
-			}
 			if err != nil {
 				t.Fatalf("Reattach: %v", err)
 			}

@@ -574,6 +574,9 @@ func (s *Service) cancelQueued(ctx context.Context, id string) (*Job, error) {
 // executor's Reattach, skipping the output already stored.
 func (s *Service) run(ctx context.Context, job *Job, reattach bool) {
 	log := s.log.With("job", job.ID)
+	if !reattach && errors.Is(context.Cause(ctx), ErrDetach) {
+		return // shutting down before it started: it stays queued
+	}
 	rec := newRecorder(s.store, s.broker, log, job)
 
 	started := time.Now().UTC()
