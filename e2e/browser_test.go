@@ -14,6 +14,7 @@ import (
 	"ci/webui"
 
 	"github.com/chromedp/cdproto/page"
+	"github.com/chromedp/cdproto/target"
 	"github.com/chromedp/chromedp"
 )
 
@@ -551,6 +552,27 @@ func TestBrowserPrivateServer(t *testing.T) {
 	})()`)
 	b.wait("the passed job with its log", `document.getElementById("badge").dataset.status === "passed" &&
 		document.getElementById("scroller").innerText.includes("2 passed")`, time.Minute)
+
+	// The raw log link fetches the log with the token and opens it.
+	opened := chromedp.WaitNewTarget(b.ctx, func(info *target.Info) bool { return strings.HasPrefix(info.URL, "blob:") })
+	eval[bool](b, `(document.getElementById("raw").click(), true)`)
+	select {
+	case id := <-opened:
+		// The new tab holds the log; close it, so the job list below runs
+		// in a visible tab (animation frames pause in hidden ones).
+		tctx, _ := chromedp.NewContext(b.ctx, chromedp.WithTargetID(id))
+		ctx, cancel := context.WithTimeout(tctx, 30*time.Second)
+		text, err := chromedp.Run(ctx, chromedp.Poll[string](`document.body && document.body.innerText.includes("passed") && document.body.innerText`))
+		cancel()
+		if err != nil || !strings.Contains(text, "2 passed") {
+			t.Errorf("the raw log tab shows %q (%v), want the log", text, err)
+		}
+		if err := chromedp.Cancel(tctx); err != nil {
+			t.Errorf("close the raw log tab: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the raw log link opened no page with the log\n%s", b.state())
+	}
 
 	b.open(s.url + "/")
 	b.wait("the list without a new prompt", `!!document.querySelector('tr.row[data-id=`+jsString(id)+`]') && !document.querySelector(".token-dialog")`, 30*time.Second)

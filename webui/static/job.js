@@ -8,7 +8,7 @@
 
 import {
   backoff, formatAbsolute, formatDuration, formatRelative, parseTime, rank,
-  setBadge, setConn, shortID, statusLabel, TERMINAL, apiFetch, openSocket,
+  setBadge, setConn, shortID, statusLabel, TERMINAL, apiFetch, openSocket, token,
 } from "./common.js";
 import { LogView } from "./logview.js";
 
@@ -67,6 +67,18 @@ $("crumb-id").title = id;
 $("nf-id").textContent = id;
 $("raw").href = api + "/log";
 $("notice-raw").href = api + "/log";
+// A private server needs the token for the raw log too, and a plain link
+// can't send it: fetch it with the token and open the text as a blob.
+for (const link of [$("raw"), $("notice-raw")]) {
+  link.addEventListener("click", async (e) => {
+    if (!token()) return; // a public server: the plain link works
+    e.preventDefault();
+    const r = await apiFetch(api + "/log");
+    const url = URL.createObjectURL(new Blob([await r.text()], { type: "text/plain;charset=utf-8" }));
+    window.open(url, "_blank", "noopener");
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  });
+}
 document.title = `${shortID(id)} · ci`;
 
 // applyJob takes what the job JSON says.
