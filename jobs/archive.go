@@ -48,9 +48,7 @@ func validateZip(ctx context.Context, p string, maxFiles int, maxUnpacked int64)
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if f.Mode().IsDir() {
-			continue
-		}
+		// Directories too: every entry must be readable, headers included.
 		n, err := unpackedSize(f, remaining)
 		if err != nil {
 			return err
