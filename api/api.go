@@ -27,6 +27,7 @@ type Service interface {
 	Jobs(ctx context.Context, opts jobs.ListOptions) ([]*jobs.Job, error)
 	Events(ctx context.Context, id string, after int64, limit int) ([]jobs.Event, error)
 	Cancel(ctx context.Context, id string) (*jobs.Job, error)
+	Tests(ctx context.Context, id string) ([]jobs.TestCase, error)
 }
 
 // Config holds the parts and limits of the API.
@@ -85,6 +86,7 @@ func NewHandler(svc Service, cfg Config) *Handler {
 	m.HandleFunc("GET /api/v1/jobs/{id}", h.job)
 	m.HandleFunc("GET /api/v1/jobs/{id}/log", h.logText)
 	m.HandleFunc("POST /api/v1/jobs/{id}/cancel", h.cancel)
+	m.HandleFunc("GET /api/v1/jobs/{id}/tests", h.tests)
 	if cfg.Events != nil {
 		m.Handle("GET /api/v1/jobs/{id}/events", cfg.Events)
 	}
@@ -94,7 +96,7 @@ func NewHandler(svc Service, cfg Config) *Handler {
 	m.HandleFunc("GET /healthz", h.health)
 	// Known paths with a wrong method, and unknown API paths, answer in
 	// JSON like every other API error.
-	for _, p := range []string{"/api/v1/jobs", "/api/v1/jobs/{id}", "/api/v1/jobs/{id}/log", "/api/v1/jobs/{id}/cancel", "/api/v1/jobs/{id}/events", "/api/v1/events", "/healthz"} {
+	for _, p := range []string{"/api/v1/jobs", "/api/v1/jobs/{id}", "/api/v1/jobs/{id}/log", "/api/v1/jobs/{id}/cancel", "/api/v1/jobs/{id}/tests", "/api/v1/jobs/{id}/events", "/api/v1/events", "/healthz"} {
 		m.HandleFunc(p, func(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusMethodNotAllowed, jobs.EINVALID, "method "+r.Method+" is not allowed on "+r.URL.Path)
 		})
@@ -270,6 +272,24 @@ func (h *Handler) cancel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, h.view(r, job))
+}
+
+// tests serves a job's per-test results: every test with its outcome,
+// duration and failure message, and the counts.
+func (h *Handler) tests(w http.ResponseWriter, r *http.Request) {
+	tests, err := h.svc.Tests(r.Context(), r.PathValue("id"))
+	if err != nil {
+		h.error(w, r, err)
+		return
+	}
+	if tests == nil {
+		tests = []jobs.TestCase{}
+	}
+	report := jobs.TestReport{Tests: tests}
+	writeJSON(w, http.StatusOK, struct {
+		Counts jobs.TestCounts `json:"counts"`
+		Tests  []jobs.TestCase `json:"tests"`
+	}{report.Counts(), tests})
 }
 
 func tooLarge(limit int64) string {

@@ -649,3 +649,37 @@ func TestQueueFullRetryAfter(t *testing.T) {
 	}
 	svc.Cancel(context.Background(), running.ID)
 }
+
+// reportExec ends every job with exit code 1 and a per-test report.
+type reportExec struct{}
+
+func (reportExec) Run(ctx context.Context, spec jobs.Spec, out jobs.Output) (jobs.Result, error) {
+	return jobs.Result{ExitCode: 1, Report: &jobs.TestReport{DurationS: 0.5, Tests: []jobs.TestCase{
+		{NodeID: "test_a.py::test_ok", Outcome: "passed", DurationS: 0.1},
+		{NodeID: "test_a.py::test_bad", Outcome: "failed", DurationS: 0.2, Message: "assert 1 == 2"},
+	}}}, nil
+}
+
+func TestTestsEndpoint(t *testing.T) {
+	store, arch, _ := openStore(t)
+	svc := jobs.NewService(store, arch, reportExec{}, jobs.Config{Concurrency: 1})
+	if err := svc.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	srv := httptest.NewServer(api.NewHandler(svc, api.Config{}))
+	defer srv.Close()
+	e := &env{srv: srv, svc: svc}
+	j := e.submit(t, project(t, 1, 0), "")
+	e.wait(t, j.ID)
+	var got struct {
+		Counts jobs.TestCounts `json:"counts"`
+		Tests  []jobs.TestCase `json:"tests"`
+	}
+	getJSON(t, srv.URL+"/api/v1/jobs/"+j.ID+"/tests", http.StatusOK, &got)
+	if got.Counts != (jobs.TestCounts{Total: 2, Passed: 1, Failed: 1}) || len(got.Tests) != 2 || got.Tests[1].Message != "assert 1 == 2" || got.Tests[1].DurationS != 0.2 {
+		t.Fatalf("tests %+v, want both tests with counts 2/1/1 and the failure message", got)
+	}
+	var e404 map[string]string
+	getJSON(t, srv.URL+"/api/v1/jobs/nope/tests", http.StatusNotFound, &e404)
+}

@@ -82,6 +82,26 @@ type Event struct {
 	Status   string `json:"status,omitempty"`
 	ExitCode *int   `json:"exit_code,omitempty"`
 	Reason   string `json:"reason,omitempty"`
+	// Tests, DurationS and Failures are set on result events (ExitCode
+	// too): the summary of pytest's per-test results.
+	Tests     *TestCounts `json:"tests,omitempty"`
+	DurationS float64     `json:"duration_s,omitempty"`
+	Failures  []Failure   `json:"failures,omitempty"`
+}
+
+// TestCounts counts a job's tests by outcome.
+type TestCounts struct {
+	Total   int `json:"total"`
+	Passed  int `json:"passed"`
+	Failed  int `json:"failed"`
+	Errors  int `json:"errors"`
+	Skipped int `json:"skipped"`
+}
+
+// Failure is a failed or erroring test of a result event.
+type Failure struct {
+	NodeID  string `json:"nodeid"`
+	Message string `json:"message,omitempty"`
 }
 
 // Terminal reports whether e is the terminal status event of its job: the

@@ -22,6 +22,7 @@ type memStore struct {
 	jobs   map[string]*Job
 	events map[string][]Event
 	nextID int
+	tests map[string][]TestCase
 	// onAppend, when set, runs inside AppendEvents after the events are
 	// stored (still under the lock).
 	onAppend func(jobID string, events []Event)
@@ -175,4 +176,20 @@ func makeZip(t testing.TB, files map[string]string) []byte {
 		t.Fatal(err)
 	}
 	return buf.Bytes()
+}
+
+func (m *memStore) SaveTests(ctx context.Context, jobID string, tests []TestCase) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.tests == nil {
+		m.tests = map[string][]TestCase{}
+	}
+	m.tests[jobID] = append([]TestCase(nil), tests...)
+	return nil
+}
+
+func (m *memStore) Tests(ctx context.Context, jobID string) ([]TestCase, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]TestCase(nil), m.tests[jobID]...), nil
 }

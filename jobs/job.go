@@ -106,6 +106,11 @@ type Event struct {
 	// Stream and Text are set on log events. Text is valid UTF-8.
 	Stream string `json:"stream,omitempty"`
 	Text   string `json:"text,omitempty"`
+	// Tests, DurationS and Failures are set on result events (ExitCode
+	// too): the summary of pytest's per-test results.
+	Tests     *TestCounts `json:"tests,omitempty"`
+	DurationS float64     `json:"duration_s,omitempty"`
+	Failures  []Failure   `json:"failures,omitempty"`
 }
 
 // Terminal reports whether e is the terminal status event of its job.
@@ -148,6 +153,12 @@ type Store interface {
 	// Events returns up to limit events of the job with seq > after, in
 	// seq order. An unknown job has no events.
 	Events(ctx context.Context, jobID string, after int64, limit int) ([]Event, error)
+
+	// SaveTests replaces the per-test results of a job.
+	SaveTests(ctx context.Context, jobID string, tests []TestCase) error
+
+	// Tests returns the per-test results of a job in pytest's order.
+	Tests(ctx context.Context, jobID string) ([]TestCase, error)
 }
 
 // Archives stores uploaded project archives (zip files) by content.
@@ -191,6 +202,57 @@ type Result struct {
 	// MemoryLimit is the memory limit in bytes the process ran with, when
 	// the executor knows it (0 otherwise), to explain an OOM kill.
 	MemoryLimit int64
+	// Report holds pytest's per-test results, when pytest wrote them (nil
+	// otherwise).
+	Report *TestReport
+}
+
+// TestReport is pytest's per-test results of one run.
+type TestReport struct {
+	Tests     []TestCase `json:"tests"`
+	DurationS float64    `json:"duration_s"` // pytest's own total time
+}
+
+// TestCase is one test's result.
+type TestCase struct {
+	NodeID    string  `json:"nodeid"`  // e.g. tests/test_x.py::TestC::test_y[param]
+	Outcome   string  `json:"outcome"` // passed, failed, error, skipped
+	DurationS float64 `json:"duration_s"`
+	Message   string  `json:"message,omitempty"` // failure, error or skip message, at most 4 KiB
+}
+
+// TestCounts counts tests by outcome.
+type TestCounts struct {
+	Total   int `json:"total"`
+	Passed  int `json:"passed"`
+	Failed  int `json:"failed"`
+	Errors  int `json:"errors"`
+	Skipped int `json:"skipped"`
+}
+
+// Counts counts the report's tests by outcome.
+func (r *TestReport) Counts() TestCounts {
+	var c TestCounts
+	for _, t := range r.Tests {
+		c.Total++
+		switch t.Outcome {
+		case "passed":
+			c.Passed++
+		case "failed":
+			c.Failed++
+		case "error":
+			c.Errors++
+		case "skipped":
+			c.Skipped++
+		}
+	}
+	return c
+}
+
+// Failure is a failed or erroring test as a result event lists it.
+type Failure struct {
+	NodeID  string `json:"nodeid"`
+	Message string `json:"message,omitempty"`
 }
 
 // Executor runs a job's tests in an isolated environment.

@@ -134,6 +134,15 @@ func (r *recorder) Log(stream, text string, offs *Offsets) error {
 	return r.emitLocked(Event{Type: EventLog, Stream: stream, Text: text}, offs)
 }
 
+// Result records a result event (the summary of pytest's per-test
+// results).
+func (r *recorder) Result(ev Event) error {
+	ev.Type = EventResult
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.emitLocked(ev, nil)
+}
+
 // Status records a status change. update may change the job's other fields
 // (times, exit code, reason) in the same step; they are persisted in the
 // same transaction as the event.

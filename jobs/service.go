@@ -619,6 +619,9 @@ func (s *Service) run(ctx context.Context, job *Job, reattach bool) {
 	out.flush()
 
 	status, exitCode, reason := outcome(res, err, cause, timeout)
+	if res.Report != nil && err == nil {
+		s.recordReport(rec, job.ID, res, log)
+	}
 	finished := time.Now().UTC()
 	if serr := rec.Status(status, func(j *Job) {
 		j.FinishedAt = &finished
@@ -631,6 +634,40 @@ func (s *Service) run(ctx context.Context, job *Job, reattach bool) {
 		log.Error("job events not fully recorded", "err", cerr)
 	}
 	log.Info("job ended", "status", status, "exit_code", res.ExitCode, "duration", finished.Sub(started).Round(time.Millisecond), "reason", reason)
+}
+
+// maxListedFailures bounds the failures a result event lists; all of them
+// are in the job's tests.
+const maxListedFailures = 100
+
+// recordReport stores pytest's per-test results and records the result
+// event that sums them up, before the terminal status.
+func (s *Service) recordReport(rec *recorder, jobID string, res Result, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), 30*time.Second)
+	defer cancel()
+	if err := s.store.SaveTests(ctx, jobID, res.Report.Tests); err != nil {
+		log.Error("save test results", "err", err)
+	}
+	counts := res.Report.Counts()
+	code := res.ExitCode
+	ev := Event{ExitCode: &code, Tests: &counts, DurationS: res.Report.DurationS}
+	for _, t := range res.Report.Tests {
+		if (t.Outcome == "failed" || t.Outcome == "error") && len(ev.Failures) < maxListedFailures {
+			ev.Failures = append(ev.Failures, Failure{NodeID: t.NodeID, Message: t.Message})
+		}
+	}
+	if err := rec.Result(ev); err != nil {
+		log.Error("record result", "err", err)
+	}
+}
+
+// Tests returns the per-test results of a job (none before it ends, or if
+// pytest wrote none).
+func (s *Service) Tests(ctx context.Context, id string) ([]TestCase, error) {
+	if _, err := s.store.Job(ctx, id); err != nil {
+		return nil, err
+	}
+	return s.store.Tests(ctx, id)
 }
 
 // outcome maps how the executor ended to the job's terminal status. cause

@@ -800,3 +800,38 @@ func TestReattachOffsets(t *testing.T) {
 		t.Fatalf("%d running events, want 1 (a re-attach is not a new start)", statuses)
 	}
 }
+
+// TestResultEvent checks that pytest's per-test report becomes a result
+// event before the terminal status, and is stored with the job.
+func TestResultEvent(t *testing.T) {
+	report := &TestReport{DurationS: 0.8, Tests: []TestCase{
+		{NodeID: "tests/test_x.py::test_a", Outcome: "passed"},
+		{NodeID: "tests/test_x.py::test_b", Outcome: "passed"},
+		{NodeID: "tests/test_x.py::test_y", Outcome: "failed", Message: "assert 1 == 2"},
+		{NodeID: "tests/test_x.py::test_z", Outcome: "error", Message: "fixture 'db' not found"},
+		{NodeID: "tests/test_x.py::test_s", Outcome: "skipped", Message: "later"},
+	}}
+	env := newTestService(t, funcExec(func(context.Context, Spec, Output) (Result, error) {
+		return Result{ExitCode: 1, Report: report}, nil
+	}), 1)
+	job := env.submit(t)
+	evs := collect(t, env.svc, job.ID, 0)
+	res, end := evs[len(evs)-2], evs[len(evs)-1]
+	if res.Type != EventResult || !end.Terminal() {
+		t.Fatalf("last events %+v, %+v; want a result event, then the terminal status", res, end)
+	}
+	want := TestCounts{Total: 5, Passed: 2, Failed: 1, Errors: 1, Skipped: 1}
+	if res.Tests == nil || *res.Tests != want || res.DurationS != 0.8 || res.ExitCode == nil || *res.ExitCode != 1 {
+		t.Fatalf("result %+v, want counts %+v, 0.8 s and exit code 1", res, want)
+	}
+	if len(res.Failures) != 2 || res.Failures[0].NodeID != "tests/test_x.py::test_y" || res.Failures[1].Message != "fixture 'db' not found" {
+		t.Fatalf("failures %+v, want test_y and test_z with messages", res.Failures)
+	}
+	tests, err := env.svc.Tests(context.Background(), job.ID)
+	if err != nil || len(tests) != 5 || tests[2].Message != "assert 1 == 2" {
+		t.Fatalf("stored tests %+v (%v), want all 5 in order", tests, err)
+	}
+	if _, err := env.svc.Tests(context.Background(), "nope"); ErrorCode(err) != ENOTFOUND {
+		t.Fatalf("tests of an unknown job: %v, want ENOTFOUND", err)
+	}
+}

@@ -22,8 +22,8 @@ import (
 // few statements (a batch of 300 takes 64+64+64+64+32+8+4).
 const insertShift = 6
 
-// maxInsertRows is the most event rows in one INSERT. A row binds 8
-// variables plus one shared job ID, so 64 rows bind 513: below even the
+// maxInsertRows is the most event rows in one INSERT. A row binds 9
+// variables plus one shared job ID, so 64 rows bind 577: below even the
 // limit of 999 of SQLite before 3.32. Larger statements were not faster.
 const maxInsertRows = 1 << insertShift
 
@@ -64,17 +64,17 @@ func (ws *writeStmts) close() {
 }
 
 // insertEventsSQL returns an INSERT of n event rows of one job: ?1 is the
-// job ID, then 8 variables per row.
+// job ID, then 9 variables per row.
 func insertEventsSQL(n int) string {
 	var b strings.Builder
-	b.WriteString("INSERT INTO events (job_id, seq, time, type, status, exit_code, reason, stream, text) VALUES ")
+	b.WriteString("INSERT INTO events (job_id, seq, time, type, status, exit_code, reason, stream, text, data) VALUES ")
 	v := 2
 	for i := range n {
 		if i > 0 {
 			b.WriteByte(',')
 		}
 		b.WriteString("(?1")
-		for range 8 {
+		for range 9 {
 			b.WriteString(",?")
 			b.WriteString(strconv.Itoa(v))
 			v++
@@ -87,15 +87,19 @@ func insertEventsSQL(n int) string {
 // insertEvents inserts events of the job with the given ID in tx, with as
 // few statements as the power-of-two row counts allow.
 func (ws *writeStmts) insertEvents(ctx context.Context, tx *sql.Tx, jobID string, events []jobs.Event) error {
-	args := make([]any, 0, 1+8*min(len(events), maxInsertRows))
+	args := make([]any, 0, 1+9*min(len(events), maxInsertRows))
 	for len(events) > 0 {
 		k := min(bits.Len(uint(len(events)))-1, insertShift)
 		n := 1 << k
 		args = append(args[:0], jobID)
 		for i := range events[:n] {
 			e := &events[i]
+			data, err := eventData(e)
+			if err != nil {
+				return err
+			}
 			args = append(args, e.Seq, e.Time.UTC(), string(e.Type), string(e.Status),
-				intArg(e.ExitCode), e.Reason, e.Stream, e.Text)
+				intArg(e.ExitCode), e.Reason, e.Stream, e.Text, data)
 		}
 		if _, err := tx.StmtContext(ctx, ws.insert[k]).ExecContext(ctx, args...); err != nil {
 			return err

@@ -46,7 +46,42 @@ type eventRow struct {
 	Reason   string    `gorm:"type:text;not null"`
 	Stream   string    `gorm:"type:text;not null"`
 	Text     string    `gorm:"type:text;not null"`
+	// Data holds, as JSON, the fields of a result event (test counts,
+	// duration, failures); empty for other events.
+	Data string `gorm:"type:text;not null;default:''"`
 }
+
+// resultData is what eventRow.Data holds.
+type resultData struct {
+	Tests     *jobs.TestCounts `json:"tests,omitempty"`
+	DurationS float64          `json:"duration_s,omitempty"`
+	Failures  []jobs.Failure   `json:"failures,omitempty"`
+}
+
+// eventData encodes the result fields of e, or "" when it has none.
+func eventData(e *jobs.Event) (string, error) {
+	if e.Tests == nil && e.DurationS == 0 && len(e.Failures) == 0 {
+		return "", nil
+	}
+	b, err := json.Marshal(resultData{Tests: e.Tests, DurationS: e.DurationS, Failures: e.Failures})
+	if err != nil {
+		return "", fmt.Errorf("encode result event: %w", err)
+	}
+	return string(b), nil
+}
+
+// testRow is a row of the tests table: one test's result in a job.
+type testRow struct {
+	JobID     string  `gorm:"primaryKey;type:text;not null;autoIncrement:false"`
+	Idx       int     `gorm:"primaryKey;not null;autoIncrement:false"` // order in pytest's report
+	NodeID    string  `gorm:"type:text;not null"`
+	Outcome   string  `gorm:"type:text;not null"`
+	DurationS float64 `gorm:"not null"`
+	Message   string  `gorm:"type:text;not null"`
+}
+
+// TableName implements gorm's schema.Tabler.
+func (testRow) TableName() string { return "tests" }
 
 // TableName implements gorm's schema.Tabler.
 func (eventRow) TableName() string { return "events" }
@@ -118,12 +153,24 @@ func newEventRows(jobID string, events []jobs.Event) []eventRow {
 			Stream:   e.Stream,
 			Text:     e.Text,
 		}
+		rows[i].Data, _ = eventData(e) // CreateJob's events are status events
 	}
 	return rows
 }
 
 // event converts a row back to an event.
 func (r *eventRow) event() jobs.Event {
+	ev := r.baseEvent()
+	if r.Data != "" {
+		var d resultData
+		if json.Unmarshal([]byte(r.Data), &d) == nil {
+			ev.Tests, ev.DurationS, ev.Failures = d.Tests, d.DurationS, d.Failures
+		}
+	}
+	return ev
+}
+
+func (r *eventRow) baseEvent() jobs.Event {
 	return jobs.Event{
 		JobID:    r.JobID,
 		Seq:      r.Seq,

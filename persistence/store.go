@@ -74,7 +74,7 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 		s.Close()
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	if err := s.w.WithContext(ctx).AutoMigrate(&jobRow{}, &eventRow{}); err != nil {
+	if err := s.w.WithContext(ctx).AutoMigrate(&jobRow{}, &eventRow{}, &testRow{}); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("migrate: %w", err)
 	}
@@ -399,6 +399,41 @@ func (s *Store) Events(ctx context.Context, jobID string, after int64, limit int
 		events[i] = rows[i].event()
 	}
 	return events, nil
+}
+
+// SaveTests replaces the per-test results of the job with the given ID.
+func (s *Store) SaveTests(ctx context.Context, jobID string, tests []jobs.TestCase) error {
+	rows := make([]testRow, len(tests))
+	for i, t := range tests {
+		rows[i] = testRow{JobID: jobID, Idx: i, NodeID: t.NodeID, Outcome: t.Outcome, DurationS: t.DurationS, Message: t.Message}
+	}
+	err := s.w.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if err := tx.Where("job_id = ?", jobID).Delete(&testRow{}).Error; err != nil {
+			return err
+		}
+		if len(rows) == 0 {
+			return nil
+		}
+		return tx.CreateInBatches(rows, 100).Error
+	})
+	if err != nil {
+		return fmt.Errorf("save tests: %w", err)
+	}
+	return nil
+}
+
+// Tests returns the per-test results of the job with the given ID, in
+// pytest's order; none if it has none.
+func (s *Store) Tests(ctx context.Context, jobID string) ([]jobs.TestCase, error) {
+	var rows []testRow
+	if err := s.r.WithContext(ctx).Where("job_id = ?", jobID).Order("idx ASC").Find(&rows).Error; err != nil {
+		return nil, fmt.Errorf("get tests: %w", err)
+	}
+	tests := make([]jobs.TestCase, len(rows))
+	for i, r := range rows {
+		tests[i] = jobs.TestCase{NodeID: r.NodeID, Outcome: r.Outcome, DurationS: r.DurationS, Message: r.Message}
+	}
+	return tests, nil
 }
 
 // slowLogger is a GORM logger that logs slow queries only: errors are

@@ -682,3 +682,38 @@ func TestOffsetsSavedWithEvents(t *testing.T) {
 		t.Fatalf("offsets %+v after a refused batch, want them unchanged", got.Offsets)
 	}
 }
+
+// TestResultEventsAndTests round-trips a result event's summary and a
+// job's per-test results.
+func TestResultEventsAndTests(t *testing.T) {
+	s := MustOpen(t)
+	ctx := context.Background()
+	job := &jobs.Job{Status: jobs.StatusRunning, CreatedAt: time.Now(), LastSeq: 1}
+	if err := s.CreateJob(ctx, job, []jobs.Event{{Seq: 1, Type: jobs.EventStatus, Status: jobs.StatusQueued, Time: time.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	code := 1
+	counts := jobs.TestCounts{Total: 2, Passed: 1, Failed: 1}
+	ev := jobs.Event{JobID: job.ID, Seq: 2, Type: jobs.EventResult, Time: time.Now(), ExitCode: &code,
+		Tests: &counts, DurationS: 0.25, Failures: []jobs.Failure{{NodeID: "t.py::test_b", Message: "boom"}}}
+	job.LastSeq = 2
+	if err := s.AppendEvents(ctx, job, []jobs.Event{ev}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Events(ctx, job.ID, 1, 10)
+	if err != nil || len(got) != 1 {
+		t.Fatalf("events %+v, %v", got, err)
+	}
+	g := got[0]
+	if g.Tests == nil || *g.Tests != counts || g.DurationS != 0.25 || len(g.Failures) != 1 || g.Failures[0].Message != "boom" {
+		t.Fatalf("result event read back as %+v", g)
+	}
+	tests := []jobs.TestCase{{NodeID: "t.py::test_a", Outcome: "passed", DurationS: 0.1}, {NodeID: "t.py::test_b", Outcome: "failed", Message: "boom"}}
+	if err := s.SaveTests(ctx, job.ID, tests); err != nil {
+		t.Fatal(err)
+	}
+	back, err := s.Tests(ctx, job.ID)
+	if err != nil || len(back) != 2 || back[0] != tests[0] || back[1] != tests[1] {
+		t.Fatalf("tests %+v (%v), want %+v", back, err, tests)
+	}
+}

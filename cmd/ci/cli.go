@@ -402,8 +402,12 @@ func (c *cli) follow(ctx context.Context, id string, after int64) (code int, las
 	last := after
 	// pytest runs with colour on; a pipe or a file gets clean text.
 	stdout, stderr := colorWriter(c.stdout), colorWriter(c.stderr)
+	var result *client.Event
 	term, err := c.client().Follow(ctx, id, after, func(ev client.Event) error {
 		last = ev.Seq
+		if ev.Type == client.EventResult {
+			result = &ev
+		}
 		if ev.Type != client.EventLog {
 			return nil
 		}
@@ -426,10 +430,31 @@ func (c *cli) follow(ctx context.Context, id string, after int64) (code int, las
 		}
 		return code, last, false
 	}
+	if result != nil && result.Tests != nil {
+		printSummary(c.stderr, result)
+	}
 	if term.Status != client.StatusPassed && term.Reason != "" {
 		fmt.Fprintf(c.stderr, "ci: job %s %s: %s\n", id, humanStatus(term.Status), term.Reason)
 	}
 	return client.ExitCode(term.Status, term.ExitCode), last, false
+}
+
+// printSummary prints a result event as one line of counts, then the
+// failing tests' node ids.
+func printSummary(w io.Writer, ev *client.Event) {
+	t := ev.Tests
+	errs := "errors"
+	if t.Errors == 1 {
+		errs = "error"
+	}
+	fmt.Fprintf(w, "ci: %d tests: %d passed, %d failed, %d %s, %d skipped in %.2fs\n",
+		t.Total, t.Passed, t.Failed, t.Errors, errs, t.Skipped, ev.DurationS)
+	for _, f := range ev.Failures {
+		fmt.Fprintf(w, "ci: FAILED %s\n", f.NodeID)
+	}
+	if n := t.Failed + t.Errors - len(ev.Failures); n > 0 {
+		fmt.Fprintf(w, "ci: ... and %d more (see the job's tests)\n", n)
+	}
 }
 
 func humanStatus(s string) string { return strings.ReplaceAll(s, "_", " ") }
