@@ -22,7 +22,7 @@ type memStore struct {
 	jobs   map[string]*Job
 	events map[string][]Event
 	nextID int
-	tests map[string][]TestCase
+	tests  map[string][]TestCase
 	// onAppend, when set, runs inside AppendEvents after the events are
 	// stored (still under the lock).
 	onAppend func(jobID string, events []Event)
