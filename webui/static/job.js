@@ -220,6 +220,8 @@ function accept(ev) {
     if (ev.stream === "stderr") el.legend.hidden = false;
     pendingNl += nl;
     schedule();
+  } else if (ev.type === "result") {
+    showResult(ev);
   } else if (ev.type === "status") {
     const at = parseTime(ev.time);
     if (ev.status === "running" && !(job.started > 0)) job.started = at;
@@ -356,3 +358,46 @@ new ResizeObserver(() => {
 
 if (id && !id.includes("/")) start();
 else notFound();
+
+// showResult renders a result event: the counts, and a table of failed
+// tests whose rows jump to the test's section in the log.
+function showResult(ev) {
+  const t = ev.tests;
+  if (!t) return;
+  $("tests").hidden = false;
+  const parts = [`${t.total} tests`, `${t.passed} passed`, `${t.failed} failed`,
+    `${t.errors} ${t.errors === 1 ? "error" : "errors"}`, `${t.skipped} skipped`];
+  $("test-counts").textContent = parts.join(" · ") + (ev.duration_s ? ` in ${ev.duration_s.toFixed(2)}s` : "");
+  const body = $("failures-body");
+  body.textContent = "";
+  for (const f of ev.failures || []) {
+    const tr = document.createElement("tr");
+    const a = document.createElement("a");
+    a.href = "#";
+    a.textContent = f.nodeid;
+    a.addEventListener("click", (e) => {
+      e.preventDefault();
+      jumpToTest(f.nodeid);
+    });
+    const td1 = document.createElement("td");
+    td1.append(a);
+    const td2 = document.createElement("td");
+    td2.textContent = f.message || "";
+    tr.append(td1, td2);
+    body.append(tr);
+  }
+  $("failures").hidden = body.children.length === 0;
+}
+
+// jumpToTest scrolls the log to pytest's section of a failed test (its
+// "____ test_name ____" header), or else to its "FAILED" summary line.
+function jumpToTest(nodeid) {
+  const name = nodeid.split("::").slice(1).join(".");
+  const lines = [...el.log.querySelectorAll(".l")];
+  const hit = lines.find((l) => /^_{3,} /.test(l.textContent) && l.textContent.includes(" " + name + " ")) ||
+    lines.find((l) => l.textContent.includes(nodeid));
+  if (!hit) return;
+  for (const l of el.log.querySelectorAll(".l.target")) l.classList.remove("target");
+  hit.classList.add("target");
+  hit.scrollIntoView({ block: "start" });
+}
