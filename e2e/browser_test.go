@@ -577,3 +577,30 @@ func TestBrowserPrivateServer(t *testing.T) {
 	b.open(s.url + "/")
 	b.wait("the list without a new prompt", `!!document.querySelector('tr.row[data-id=`+jsString(id)+`]') && !document.querySelector(".token-dialog")`, 30*time.Second)
 }
+
+// TestBrowserTestResults opens a failed job: the page shows the test
+// counts and a table of failures whose rows jump to the test's section of
+// the log.
+func TestBrowserTestResults(t *testing.T) {
+	needBrowser(t)
+	needEngine(t)
+	s := startServer(t, t.TempDir())
+	id := submitAsync(t, s, fixture(t, "failing"))
+	b := newBrowser(t)
+	b.open(s.url + "/jobs/" + id)
+	b.wait("the test results", `!document.getElementById("tests").hidden && !document.getElementById("failures").hidden`, 2*time.Minute)
+	counts := eval[string](b, `document.getElementById("test-counts").textContent`)
+	if !strings.HasPrefix(counts, "2 tests · 1 passed · 1 failed · 0 errors · 0 skipped") {
+		t.Errorf("counts %q, want 2 tests, 1 passed, 1 failed", counts)
+	}
+	row := eval[string](b, `document.querySelector("#failures-body a").textContent`)
+	if row != "test_broken.py::test_wrong_answer" {
+		t.Errorf("failure row %q, want test_broken.py::test_wrong_answer", row)
+	}
+	eval[bool](b, `(document.querySelector("#failures-body a").click(), true)`)
+	b.wait("the jump to the test's section", `(() => {
+		const l = document.querySelector("#log .l.target");
+		return l && l.textContent.includes("test_wrong_answer");
+	})()`, 10*time.Second)
+	b.screenshots("job-test-results")
+}

@@ -30,10 +30,10 @@ func TestSubmitFixtures(t *testing.T) {
 		reason  string   // substring of stderr
 	}{
 		{"passing", 0, []string{"test_math.py ..", "2 passed"}, ""},
-		{"failing", 1, []string{"FAILED test_broken.py::test_wrong_answer", "the answer is wrong", "1 failed, 1 passed"}, "some tests failed"},
+		{"failing", 1, []string{"FAILED test_broken.py::test_wrong_answer", "the answer is wrong", "1 failed, 1 passed"}, "ci: 2 tests: 1 passed, 1 failed, 0 errors, 0 skipped"},
 		{"invalid", 2, []string{"SyntaxError", "1 error"}, "interrupted"},
 		{"notests", 5, []string{"no tests ran"}, "no tests"},
-		{"srclayout", 0, []string{"tests/test_greeter.py .", "1 passed"}, ""},
+		{"srclayout", 0, []string{"tests/test_greeter.py .", "1 passed"}, "ci: 1 tests: 1 passed"},
 	} {
 		t.Run(tc.fixture, func(t *testing.T) {
 			r := s.ci(t, fixture(t, tc.fixture), "submit", "test")

@@ -22,6 +22,20 @@ const (
 	LabelJob = "ci.job"
 	// LogDriver is the log driver of every test container.
 	LogDriver = "json-file"
+	// Results is an anonymous volume for what pytest reports about the
+	// run, read back after the container has exited (the tmpfs at /tmp is
+	// gone by then). Its root is owned by root (0755); only ReportDir in
+	// it is writable, by the test user.
+	Results = "/ci-results"
+	// ReportDir is the directory, owned by the test user with mode 0700,
+	// where pytest writes ReportFile.
+	ReportDir = Results + "/junit"
+	// ReportFile is pytest's JUnit XML report.
+	ReportFile = ReportDir + "/report.xml"
+	// JUnitFamily is the JUnit XML flavour pytest writes: xunit1 gives
+	// each testcase the file (and line) of its test, so its pytest node
+	// ID can be rebuilt without guessing where the module path ends.
+	JUnitFamily = "xunit1"
 )
 
 // The limits a test container gets when DockerConfig leaves them zero.
@@ -132,7 +146,12 @@ func checkUser(user string) error {
 // spec's tests with the given image and limits. It is pure: everything the
 // container is made of is decided here, so it can be table-tested.
 func containerConfig(spec jobs.Spec, image string, lim Limits) (*container.Config, *container.HostConfig) {
-	cmd := append([]string{"python", "-m", "pytest", "-p", "no:cacheprovider"}, spec.Args...)
+	// The report options come first: a user's own --junitxml or
+	// junit_family, later on the command line, wins (the run then has no
+	// report, or one parseJUnit reads without file attributes).
+	cmd := append([]string{"python", "-m", "pytest",
+		"--junitxml=" + ReportFile, "-o", "junit_family=" + JUnitFamily,
+		"-p", "no:cacheprovider"}, spec.Args...)
 	grace := int(lim.StopGrace / time.Second)
 	cfg := &container.Config{
 		Image:      image,
@@ -165,7 +184,10 @@ func containerConfig(spec jobs.Spec, image string, lim Limits) (*container.Confi
 		// the root fs is read-only. Its root directory and the copied
 		// entries are owned by root (0755/0644), so the tests can read
 		// but not write them. Removed with the container.
-		Volumes: map[string]struct{}{Workspace: {}},
+		//
+		// Results likewise, with only ReportDir made writable for the
+		// test user (see resultsTar): pytest's report outlives the exit.
+		Volumes: map[string]struct{}{Workspace: {}, Results: {}},
 		// A stop (Run canceled, or a `docker stop` by hand) sends SIGTERM,
 		// whatever the image says, and SIGKILL after the grace.
 		StopSignal:  "SIGTERM",

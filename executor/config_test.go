@@ -32,11 +32,12 @@ func TestContainerConfig(t *testing.T) {
 		wantGrace    int
 	}{
 		{
-			name:         "no args, default limits",
-			spec:         jobs.Spec{JobID: "job1", Archive: "/tmp/x.zip"},
-			image:        "ci-python:latest",
-			lim:          mustLimits(t, DockerConfig{}),
-			wantCmd:      []string{"python", "-m", "pytest", "-p", "no:cacheprovider"},
+			name:  "no args, default limits",
+			spec:  jobs.Spec{JobID: "job1", Archive: "/tmp/x.zip"},
+			image: "ci-python:latest",
+			lim:   mustLimits(t, DockerConfig{}),
+			wantCmd: []string{"python", "-m", "pytest", "--junitxml=/ci-results/junit/report.xml",
+				"-o", "junit_family=xunit1", "-p", "no:cacheprovider"},
 			wantTmpfs:    "rw,exec,nosuid,nodev,size=536870912,mode=1777",
 			wantNanoCPUs: 1e9,
 			wantGrace:    5,
@@ -47,10 +48,23 @@ func TestContainerConfig(t *testing.T) {
 			image: "python:3.12-slim",
 			lim: mustLimits(t, DockerConfig{User: "1000:1000", Memory: 64 << 20, CPUs: 0.5,
 				Pids: 32, TmpfsSize: 16 << 20, StopGrace: 1500 * time.Millisecond}),
-			wantCmd:      []string{"python", "-m", "pytest", "-p", "no:cacheprovider", "-k", "a and not b", "$(reboot)"},
+			wantCmd: []string{"python", "-m", "pytest", "--junitxml=/ci-results/junit/report.xml",
+				"-o", "junit_family=xunit1", "-p", "no:cacheprovider", "-k", "a and not b", "$(reboot)"},
 			wantTmpfs:    "rw,exec,nosuid,nodev,size=16777216,mode=1777",
 			wantNanoCPUs: 5e8,
 			wantGrace:    2,
+		},
+		{
+			name:  "a user's own report options come last and win",
+			spec:  jobs.Spec{JobID: "job3", Args: []string{"--junitxml=mine.xml", "-o", "junit_family=xunit2"}},
+			image: "ci-python:latest",
+			lim:   mustLimits(t, DockerConfig{}),
+			wantCmd: []string{"python", "-m", "pytest", "--junitxml=/ci-results/junit/report.xml",
+				"-o", "junit_family=xunit1", "-p", "no:cacheprovider",
+				"--junitxml=mine.xml", "-o", "junit_family=xunit2"},
+			wantTmpfs:    "rw,exec,nosuid,nodev,size=536870912,mode=1777",
+			wantNanoCPUs: 1e9,
+			wantGrace:    5,
 		},
 	}
 	for _, tt := range tests {
@@ -71,7 +85,7 @@ func TestContainerConfig(t *testing.T) {
 			if want := map[string]string{"ci.job": tt.spec.JobID}; !reflect.DeepEqual(cfg.Labels, want) {
 				t.Errorf("Labels=%v, want %v", cfg.Labels, want)
 			}
-			if want := map[string]struct{}{"/workspace": {}}; !reflect.DeepEqual(cfg.Volumes, want) {
+			if want := map[string]struct{}{"/workspace": {}, "/ci-results": {}}; !reflect.DeepEqual(cfg.Volumes, want) {
 				t.Errorf("Volumes=%v, want %v", cfg.Volumes, want)
 			}
 			if cfg.Tty || cfg.OpenStdin || cfg.AttachStdin {

@@ -128,7 +128,8 @@ func (d *Docker) Close() error {
 
 // Run implements jobs.Executor. It makes sure the image is there (pulling
 // it if needed), creates a sandboxed container labelled ci.job=<job ID>
-// with an anonymous volume at /workspace, copies the project in, attaches
+// with anonymous volumes at /workspace and /ci-results, copies the project
+// in (and makes ReportDir for pytest's report), attaches
 // to its output, starts it and streams stdout and stderr to out as they are
 // written.
 //
@@ -139,8 +140,11 @@ func (d *Docker) Close() error {
 // cut between two chunks is handed out once complete.
 //
 // When the tests end by themselves, Run returns their exit code, with
-// MemoryLimit set to Limits().Memory. If the kernel killed pytest for going
-// over the memory limit, OOMKilled is set too (the exit code is then 137).
+// MemoryLimit set to Limits().Memory, and Report set to pytest's per-test
+// results if pytest wrote its JUnit XML report (ReportFile, in the
+// Results volume); a missing or unreadable report is no error: Report is
+// then nil. If the kernel killed pytest for going over the memory limit,
+// OOMKilled is set too (the exit code is then 137).
 //
 // When ctx is done while the tests run (a cancel or a timeout), Run stops
 // them gracefully: SIGTERM to pytest, then SIGKILL if anything still runs
@@ -246,6 +250,9 @@ func (d *Docker) run(ctx, prep context.Context, id string, entries []tarEntry, o
 	if err := d.copyProject(prep, id, entries); err != nil {
 		return jobs.Result{}, false, err
 	}
+	if err := d.copyResults(prep, id); err != nil {
+		return jobs.Result{}, false, err
+	}
 	log.Debug("project copied")
 	d.step("copied", id)
 
@@ -291,6 +298,7 @@ func (d *Docker) run(ctx, prep context.Context, id string, entries []tarEntry, o
 	if err != nil {
 		return jobs.Result{}, true, err
 	}
+	res.Report = d.report(ctx, id, projectFiles(entries), log)
 	log.Info("container exited", "exit_code", res.ExitCode, "oom_killed", res.OOMKilled,
 		"duration", time.Since(start).Round(time.Millisecond))
 	return res, true, nil

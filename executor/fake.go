@@ -5,6 +5,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -33,6 +34,8 @@ const maxFakeScript = 1 << 20
 //	exit 3            end with that exit code (the default is 0)
 //	fail "message"    end with an error: the tests could not be run
 //	block             wait until the run is canceled
+//	report "{...}"    a Go-quoted JSON jobs.TestReport: the Result's Report
+//	                  when the script ends or exits (the last one wins)
 //
 // Blank lines and lines starting with # are skipped. Without a script it
 // writes "fake: no ci-fake-script\n" to stdout and exits 0. Like Docker it
@@ -242,10 +245,11 @@ func readFakeScript(archive string) ([]byte, error) {
 
 // fakeCmd is one parsed line of a FakeScript.
 type fakeCmd struct {
-	op   string // stdout, stderr, sleep, exit, fail, block
-	text string
-	d    time.Duration
-	code int
+	op     string // stdout, stderr, sleep, exit, fail, block, report
+	text   string
+	d      time.Duration
+	code   int
+	report *jobs.TestReport
 }
 
 func parseFakeScript(script []byte) ([]fakeCmd, error) {
@@ -268,6 +272,11 @@ func parseFakeScript(script []byte) ([]fakeCmd, error) {
 			c.d, err = time.ParseDuration(arg)
 		case "exit":
 			c.code, err = strconv.Atoi(arg)
+		case "report":
+			if c.text, err = strconv.Unquote(arg); err == nil {
+				c.report = new(jobs.TestReport)
+				err = json.Unmarshal([]byte(c.text), c.report)
+			}
 		case "block":
 			if arg != "" {
 				err = errors.New("block takes no argument")
@@ -287,6 +296,7 @@ func parseFakeScript(script []byte) ([]fakeCmd, error) {
 }
 
 func playFakeScript(ctx context.Context, cmds []fakeCmd, out jobs.Output) (jobs.Result, error) {
+	var report *jobs.TestReport
 	for _, c := range cmds {
 		if ctx.Err() != nil {
 			return jobs.Result{}, ctxError(ctx)
@@ -311,8 +321,10 @@ func playFakeScript(ctx context.Context, cmds []fakeCmd, out jobs.Output) (jobs.
 				t.Stop()
 				return jobs.Result{}, ctxError(ctx)
 			}
+		case "report":
+			report = c.report
 		case "exit":
-			return jobs.Result{ExitCode: c.code}, nil
+			return jobs.Result{ExitCode: c.code, Report: report}, nil
 		case "fail":
 			return jobs.Result{}, errors.New(c.text)
 		case "block":
@@ -320,5 +332,5 @@ func playFakeScript(ctx context.Context, cmds []fakeCmd, out jobs.Output) (jobs.
 			return jobs.Result{}, ctxError(ctx)
 		}
 	}
-	return jobs.Result{}, nil
+	return jobs.Result{Report: report}, nil
 }

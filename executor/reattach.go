@@ -19,7 +19,8 @@ var _ jobs.Reattacher = (*Docker)(nil)
 
 // Reattach implements jobs.Reattacher: it picks up the container an
 // earlier Run (of this or an earlier process) created for spec.JobID, found
-// by its ci.job label; spec's other fields are not used.
+// by its ci.job label. Of spec's other fields only Archive is used, if it
+// can be read: its file list helps to rebuild the node IDs of the Report.
 //
 //   - No such container: an error wrapping jobs.ErrGone.
 //   - Created but never started (the server died between the two): Reattach
@@ -29,7 +30,7 @@ var _ jobs.Reattacher = (*Docker)(nil)
 //     stderr apart, each in order, the same bytes Run handed out: see
 //     Run), follows it while it runs, and returns its exit code and OOM
 //     kill as Run does (including Run's note about an OOM-killed
-//     subprocess).
+//     subprocess), and its Report as Run does.
 //
 // The log hands out a line only once its newline has arrived (or at the
 // end of the output, or 16 KiB of it), so while Reattach follows a running
@@ -130,6 +131,7 @@ func (d *Docker) Reattach(ctx context.Context, spec jobs.Spec, out jobs.Output) 
 		}
 		return jobs.Result{}, ctxErr(ctx, gone(spec.JobID, "follow container", err))
 	}
+	res.Report = d.report(ctx, id, archiveFiles(spec.Archive), log)
 	log.Info("reattached container exited", "exit_code", res.ExitCode, "oom_killed", res.OOMKilled,
 		"was_running", running, "took", time.Since(start).Round(time.Millisecond))
 	return res, nil

@@ -206,8 +206,13 @@ func TestDockerOOMSubprocess(t *testing.T) {
 			"    assert r.returncode == -9\n",
 	})
 	res, rec := mustRun(t, d, spec)
+	report := res.Report
+	res.Report = nil
 	if want := (jobs.Result{ExitCode: 0, MemoryLimit: 128 << 20}); res != want {
 		t.Errorf("result=%+v, want %+v; stdout:\n%s", res, want, rec.text(jobs.StreamStdout))
+	}
+	if report == nil || len(report.Tests) != 1 || report.Tests[0].Outcome != "passed" {
+		t.Errorf("report=%+v, want test_child passed", report)
 	}
 	const note = "killed for going over the memory limit of 128 MiB"
 	if errOut := rec.text(jobs.StreamStderr); !strings.Contains(errOut, note) {
@@ -420,8 +425,8 @@ func TestDockerCancelAtEachStep(t *testing.T) {
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			if id == "" || len(volumes) != 1 {
-				t.Fatalf("container %q with volumes %q, want one created with one volume", id, volumes)
+			if id == "" || len(volumes) != 2 {
+				t.Fatalf("container %q with volumes %q, want one created with two volumes", id, volumes)
 			}
 			assertGone(t, d, spec.JobID, id, volumes)
 			checkTemp(t)
