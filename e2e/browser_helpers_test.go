@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -275,46 +274,6 @@ func submitAsync(t *testing.T, s *server, dir string, pytestArgs ...string) stri
 		args = append(append(args, "--"), pytestArgs...)
 	}
 	return jobIDFromAsync(t, s.ci(t, dir, args...))
-}
-
-// jobJSON is what GET /api/v1/jobs/{id} says of a job.
-type jobJSON struct {
-	ID       string `json:"id"`
-	Status   string `json:"status"`
-	ExitCode *int   `json:"exit_code"`
-	Reason   string `json:"reason"`
-	LastSeq  int64  `json:"last_seq"`
-}
-
-func getJob(t *testing.T, s *server, id string) jobJSON {
-	t.Helper()
-	resp, err := http.Get(s.url + "/api/v1/jobs/" + id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var j jobJSON
-	if err := json.NewDecoder(resp.Body).Decode(&j); err != nil {
-		t.Fatalf("decode job %s: %v", id, err)
-	}
-	return j
-}
-
-// waitJobDone waits until the job has a terminal status and returns it.
-func waitJobDone(t *testing.T, s *server, id string, timeout time.Duration) jobJSON {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		j := getJob(t, s, id)
-		switch j.Status {
-		case "passed", "failed", "error", "timed_out", "canceled":
-			return j
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("job %s still %s after %v\n%s", id, j.Status, timeout, s.logs)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // tcpProxy forwards TCP connections to a server; a test can cut every

@@ -315,26 +315,7 @@ func TestWait(t *testing.T) {
 
 func TestInterruptDetaches(t *testing.T) {
 	f := newFakeServer(t)
-	f.setEvents(testOutput, "", nil, "")
-	f.hang = true
-	ctx, cancel := context.WithCancel(testContext(t))
-	defer cancel()
-	type result struct {
-		code           int
-		stdout, stderr string
-	}
-	done := make(chan result, 1)
-	go func() {
-		code, stdout, stderr := runCLI(t, ctx, "wait", "J1", "--server", f.srv.URL)
-		done <- result{code, stdout, stderr}
-	}()
-	select {
-	case <-f.hanging:
-	case <-ctx.Done():
-		t.Fatal("the server never sent the events")
-	}
-	cancel()
-	r := <-done
+	r := interrupted(t, f, "wait", "J1", "--server", f.srv.URL)
 	if r.code != 130 || !strings.Contains(r.stderr, "ci: detached from job J1") {
 		t.Fatalf("exit %d, stderr %q; want 130 and a detach notice", r.code, r.stderr)
 	}
@@ -465,26 +446,7 @@ func TestColourOnPipes(t *testing.T) {
 // the job is canceled, ci follows it to its end and exits 130.
 func TestInterruptSubmitCancels(t *testing.T) {
 	f := newFakeServer(t)
-	f.setEvents(testOutput, "", nil, "")
-	f.hang = true
-	ctx, cancel := context.WithCancel(testContext(t))
-	defer cancel()
-	type result struct {
-		code           int
-		stdout, stderr string
-	}
-	done := make(chan result, 1)
-	go func() {
-		code, stdout, stderr := runCLI(t, ctx, "submit", "test", "--dir", projectDir(t), "--server", f.srv.URL)
-		done <- result{code, stdout, stderr}
-	}()
-	select {
-	case <-f.hanging:
-	case <-ctx.Done():
-		t.Fatal("the server never sent the events")
-	}
-	cancel() // Ctrl-C
-	r := <-done
+	r := interrupted(t, f, "submit", "test", "--dir", projectDir(t), "--server", f.srv.URL)
 	f.mu.Lock()
 	gotCancel, afters := f.gotCancel, f.gotAfters
 	f.mu.Unlock()
@@ -516,4 +478,32 @@ func TestCancelCommand(t *testing.T) {
 	if code, _, _ := runCLI(t, testContext(t), "cancel"); code != 64 {
 		t.Fatalf("cancel without id: exit %d, want 64", code)
 	}
+}
+
+// cliResult is how a ci run ended.
+type cliResult struct {
+	code           int
+	stdout, stderr string
+}
+
+// interrupted runs ci with args against f, whose event stream hangs after
+// testOutput, and cancels ci's context (Ctrl-C) once the events are out.
+func interrupted(t *testing.T, f *fakeServer, args ...string) cliResult {
+	t.Helper()
+	f.setEvents(testOutput, "", nil, "")
+	f.hang = true
+	ctx, cancel := context.WithCancel(testContext(t))
+	defer cancel()
+	done := make(chan cliResult, 1)
+	go func() {
+		code, stdout, stderr := runCLI(t, ctx, args...)
+		done <- cliResult{code, stdout, stderr}
+	}()
+	select {
+	case <-f.hanging:
+	case <-ctx.Done():
+		t.Fatal("the server never sent the events")
+	}
+	cancel() // Ctrl-C
+	return <-done
 }
