@@ -58,6 +58,9 @@ type pendingEvent struct {
 	ev   Event
 	job  *Job
 	offs Offsets // the job's output offsets right after this event
+	// text is a log event's text while it waits: chunks merged into it are
+	// appended in place, and it becomes ev.Text once, when committed.
+	text []byte
 }
 
 // newRecorder starts the writer of job's event log; job.LastSeq must be the
@@ -95,8 +98,8 @@ func (r *recorder) emitLocked(ev Event, offs *Offsets) error {
 	}
 	if n := len(r.pending); n > 0 && ev.Type == EventLog {
 		last := &r.pending[n-1]
-		if last.ev.Type == EventLog && last.ev.Stream == ev.Stream && len(last.ev.Text)+len(ev.Text) <= maxMergedText {
-			last.ev.Text += ev.Text
+		if last.ev.Type == EventLog && last.ev.Stream == ev.Stream && len(last.text)+len(ev.Text) <= maxMergedText {
+			last.text = append(last.text, ev.Text...)
 			last.offs = r.job.Offsets
 			r.pendingBytes += len(ev.Text)
 			return nil
@@ -109,6 +112,10 @@ func (r *recorder) emitLocked(ev Event, offs *Offsets) error {
 		ev.Time = time.Now().UTC()
 	}
 	pe := pendingEvent{ev: ev, offs: r.job.Offsets}
+	if ev.Type == EventLog {
+		pe.text = []byte(ev.Text)
+		pe.ev.Text = ""
+	}
 	if ev.Type == EventStatus {
 		snap := r.job
 		pe.job = &snap
@@ -207,8 +214,11 @@ func (r *recorder) run() {
 			var offs Offsets  // the output offsets after the batch
 			for i, pe := range r.pending[:n] {
 				batch[i] = pe.ev
+				if pe.text != nil {
+					batch[i].Text = string(pe.text)
+				}
 				offs = pe.offs
-				r.pendingBytes -= len(pe.ev.Text)
+				r.pendingBytes -= len(batch[i].Text)
 				if pe.job != nil {
 					r.saved = *pe.job
 					change := *pe.job

@@ -296,10 +296,7 @@ const replayPage = 256
 // overflows because fn is slow, it catches up from the store and subscribes
 // again, so a slow follower costs bounded memory and loses nothing.
 func (s *Service) Follow(ctx context.Context, id string, after int64, fn func(Event) error) error {
-	if _, err := s.store.Job(ctx, id); err != nil {
-		return err
-	}
-	last := after
+	last := after // follow reads the job first: an unknown one is ENOTFOUND
 	for {
 		sub := s.broker.Subscribe(id, s.cfg.SubscriptionBuffer)
 		done, err := s.follow(ctx, sub, id, &last, fn)
