@@ -34,6 +34,7 @@ const maxFakeScript = 1 << 20
 //	exit 3            end with that exit code (the default is 0)
 //	fail "message"    end with an error: the tests could not be run
 //	block             wait until the run is canceled
+//	phase install     announce a phase (jobs.Output's Phase)
 //	report "{...}"    a Go-quoted JSON jobs.TestReport: the Result's Report
 //	                  when the script ends or exits (the last one wins)
 //
@@ -93,7 +94,7 @@ func (f *Fake) Run(ctx context.Context, spec jobs.Spec, out jobs.Output) (jobs.R
 			return jobs.Result{}, err
 		}
 	}
-	return f.follow(ctx, spec.JobID, startFakeProc(cmds), out)
+	return f.follow(ctx, spec.JobID, startFakeProc(cmds), out, 0)
 }
 
 // Reattach implements jobs.Reattacher: it replays the whole output of the
@@ -112,20 +113,39 @@ func (f *Fake) Reattach(ctx context.Context, spec jobs.Spec, out jobs.Output) (j
 	if p == nil {
 		return jobs.Result{}, fmt.Errorf("fake: no detached run of job %s: %w", spec.JobID, jobs.ErrGone)
 	}
-	return f.follow(ctx, spec.JobID, p, out)
+	// Like Docker's, the replay is the test phase's: from the chunk after
+	// the last phase announced, with no phase of its own.
+	p.mu.Lock()
+	from := 0
+	for i, c := range p.chunks {
+		if c.phase != "" {
+			from = i + 1
+		}
+	}
+	p.mu.Unlock()
+	return f.follow(ctx, spec.JobID, p, out, from)
 }
 
-// follow writes p's output to out from its first chunk and waits for its
-// end. On a detach it keeps p for Reattach; on any other end of ctx, or a
+// follow writes p's output to out from chunk next and waits for its end.
+// On a detach it keeps p for Reattach; on any other end of ctx, or a
 // failed write, it cancels p and waits for it.
-func (f *Fake) follow(ctx context.Context, jobID string, p *fakeProc, out jobs.Output) (jobs.Result, error) {
-	for next := 0; ; {
+func (f *Fake) follow(ctx context.Context, jobID string, p *fakeProc, out jobs.Output, next int) (jobs.Result, error) {
+	for {
 		p.mu.Lock()
 		chunks := p.chunks[next:]
 		ended, res, err := p.ended, p.res, p.err
 		changed := p.changed
 		p.mu.Unlock()
 		for _, c := range chunks {
+			if c.phase != "" {
+				if werr := out.Phase(c.phase); werr != nil {
+					werr = fmt.Errorf("phase %s: %w", c.phase, werr)
+					p.stop(werr)
+					return jobs.Result{}, werr
+				}
+				next++
+				continue
+			}
 			if werr := out.Write(c.stream, c.p); werr != nil {
 				werr = fmt.Errorf("write %s: %w", c.stream, werr)
 				p.stop(werr)
@@ -168,10 +188,11 @@ type fakeProc struct {
 	err     error
 }
 
-// fakeChunk is one write of a fakeProc.
+// fakeChunk is one write of a fakeProc, or a phase it announced.
 type fakeChunk struct {
 	stream string
 	p      []byte
+	phase  string
 }
 
 // startFakeProc starts playing cmds.
@@ -196,6 +217,16 @@ func (p *fakeProc) Write(stream string, b []byte) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.chunks = append(p.chunks, fakeChunk{stream: stream, p: bytes.Clone(b)})
+	close(p.changed)
+	p.changed = make(chan struct{})
+	return nil
+}
+
+// Phase records a phase; it implements jobs.Output for the script.
+func (p *fakeProc) Phase(name string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.chunks = append(p.chunks, fakeChunk{phase: name})
 	close(p.changed)
 	p.changed = make(chan struct{})
 	return nil
@@ -245,7 +276,7 @@ func readFakeScript(archive string) ([]byte, error) {
 
 // fakeCmd is one parsed line of a FakeScript.
 type fakeCmd struct {
-	op     string // stdout, stderr, sleep, exit, fail, block, report
+	op     string // stdout, stderr, sleep, exit, fail, block, report, phase
 	text   string
 	d      time.Duration
 	code   int
@@ -268,6 +299,11 @@ func parseFakeScript(script []byte) ([]fakeCmd, error) {
 		switch op {
 		case "stdout", "stderr", "fail":
 			c.text, err = strconv.Unquote(arg)
+		case "phase":
+			c.text = arg
+			if arg != jobs.PhaseInstall && arg != jobs.PhaseTest {
+				err = fmt.Errorf("unknown phase %q", arg)
+			}
 		case "sleep":
 			c.d, err = time.ParseDuration(arg)
 		case "exit":
@@ -323,6 +359,10 @@ func playFakeScript(ctx context.Context, cmds []fakeCmd, out jobs.Output) (jobs.
 			}
 		case "report":
 			report = c.report
+		case "phase":
+			if err := out.Phase(c.text); err != nil {
+				return jobs.Result{}, fmt.Errorf("phase %s: %w", c.text, err)
+			}
 		case "exit":
 			return jobs.Result{ExitCode: c.code, Report: report}, nil
 		case "fail":

@@ -112,3 +112,4 @@ func TestFakeOutputError(t *testing.T) {
 type failingOutput struct{ err error }
 
 func (o failingOutput) Write(string, []byte) error { return o.err }
+func (o failingOutput) Phase(string) error         { return o.err }

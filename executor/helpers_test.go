@@ -121,6 +121,49 @@ func (r *recorder) Write(stream string, p []byte) error {
 	return nil
 }
 
+// phaseStream is the stream of the chunks that stand for phases: their
+// text is the phase's name.
+const phaseStream = "phase"
+
+// Phase records the phase as a chunk of phaseStream.
+func (r *recorder) Phase(name string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.chunks = append(r.chunks, chunk{stream: phaseStream, text: name, at: time.Now()})
+	return nil
+}
+
+// phases returns the phases announced, in order.
+func (r *recorder) phases() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var names []string
+	for _, c := range r.chunks {
+		if c.stream == phaseStream {
+			names = append(names, c.text)
+		}
+	}
+	return names
+}
+
+// phaseText returns what stream received during phase ("" for before
+// any phase).
+func (r *recorder) phaseText(phase, stream string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var b strings.Builder
+	cur := ""
+	for _, c := range r.chunks {
+		switch {
+		case c.stream == phaseStream:
+			cur = c.text
+		case c.stream == stream && cur == phase:
+			b.WriteString(c.text)
+		}
+	}
+	return b.String()
+}
+
 // waitFor returns a channel closed once substr has arrived on stream.
 func (r *recorder) waitFor(stream, substr string) <-chan struct{} {
 	r.mu.Lock()

@@ -63,8 +63,12 @@ type Job struct {
 	// Timeout is how long the tests may run before they are stopped and
 	// the job ends timed_out. It is set when the job is submitted.
 	Timeout time.Duration `json:"-"`
-	// Offsets says how much of each output stream the stored events hold,
-	// in bytes of the raw stream. It is saved in the same transaction as
+	// Phase is the phase the job is in or ended in: "" until the executor
+	// announces one (jobs without dependencies never do), then
+	// PhaseInstall, then PhaseTest. It is saved with the phase event.
+	Phase string `json:"phase,omitempty"`
+	// Offsets says how much of the test phase's output streams the stored
+	// events hold, in bytes of the raw stream. It is saved in the same transaction as
 	// the events, so after a crash a re-attached job skips exactly that.
 	Offsets Offsets `json:"-"`
 }
@@ -81,7 +85,18 @@ type EventType string
 const (
 	EventStatus EventType = "status" // a status change; the terminal one is last
 	EventLog    EventType = "log"    // a chunk of output (not necessarily a whole line)
-	EventResult EventType = "result" // a summary of the test run (later issue)
+	EventResult EventType = "result" // a summary of the test run
+	EventPhase  EventType = "phase"  // the job enters a phase: output that follows belongs to it
+)
+
+// The phases of a job that has dependencies to install. A job without any
+// has no phase events: all of its output is the tests'.
+const (
+	// PhaseInstall installs the project's requirements; its output is
+	// pip's. It may be skipped (one line says so) when they are cached.
+	PhaseInstall = "install"
+	// PhaseTest runs pytest.
+	PhaseTest = "test"
 )
 
 // The output streams of a log event.
@@ -106,6 +121,8 @@ type Event struct {
 	// Stream and Text are set on log events. Text is valid UTF-8.
 	Stream string `json:"stream,omitempty"`
 	Text   string `json:"text,omitempty"`
+	// Phase is set on phase events: PhaseInstall or PhaseTest.
+	Phase string `json:"phase,omitempty"`
 	// Tests, DurationS and Failures are set on result events (ExitCode
 	// too): the summary of pytest's per-test results.
 	Tests     *TestCounts `json:"tests,omitempty"`
@@ -185,11 +202,20 @@ type Spec struct {
 	Args []string
 }
 
-// Output receives a job's output as it is produced. Write is called from one
-// goroutine at a time, with chunks in the order they were written; p is
+// Output receives a job's output as it is produced. Write and Phase are
+// called from one goroutine at a time, in the order things happened; p is
 // only valid during the call.
 type Output interface {
+	// Write hands out a chunk of one output stream (StreamStdout or
+	// StreamStderr).
 	Write(stream string, p []byte) error
+	// Phase announces that the output that follows belongs to a new phase
+	// (PhaseInstall, PhaseTest). An executor that installs dependencies
+	// announces PhaseInstall before any of it, then PhaseTest right
+	// before the test process's first byte: the output offsets that
+	// Reattach relies on count from there. One that installs nothing need
+	// not announce any phase.
+	Phase(name string) error
 }
 
 // Result is how a finished test process ended.
@@ -293,5 +319,11 @@ type Reattacher interface {
 	// returns like Run. It returns an error wrapping ErrGone if there is no
 	// such process. Once it has returned (except on ErrDetach) nothing of
 	// the job is left behind. ctx works as for Run.
+	//
+	// Only the test phase is re-attached: Reattach announces no phase, and
+	// its output offsets count from the test process's first byte. A job
+	// whose server went away during PhaseInstall is run again from the
+	// start with Run instead, which must first clean up what the earlier
+	// Run of the same job left.
 	Reattach(ctx context.Context, spec Spec, out Output) (Result, error)
 }

@@ -52,8 +52,9 @@ type recorder struct {
 	done chan struct{} // closed when the writer goroutine exits
 }
 
-// pendingEvent is an event waiting for its commit. job is set on status
-// events: the job's state right after the change, persisted with the event.
+// pendingEvent is an event waiting for its commit. job is set on status and
+// phase events: the job's state right after the change, persisted with the
+// event.
 type pendingEvent struct {
 	ev   Event
 	job  *Job
@@ -116,7 +117,7 @@ func (r *recorder) emitLocked(ev Event, offs *Offsets) error {
 		pe.text = []byte(ev.Text)
 		pe.ev.Text = ""
 	}
-	if ev.Type == EventStatus {
+	if ev.Type == EventStatus || ev.Type == EventPhase {
 		snap := r.job
 		pe.job = &snap
 	}
@@ -148,6 +149,15 @@ func (r *recorder) Result(ev Event) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.emitLocked(ev, nil)
+}
+
+// Phase records that the job enters phase name, whose output offsets
+// start at offs, and saves both on the job with the event.
+func (r *recorder) Phase(name string, offs Offsets) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.job.Phase = name
+	return r.emitLocked(Event{Type: EventPhase, Phase: name}, &offs)
 }
 
 // Status records a status change. update may change the job's other fields

@@ -591,7 +591,16 @@ func (s *Service) run(ctx context.Context, job *Job, reattach bool) {
 	rctx, cancel := context.WithDeadlineCause(ctx, started.Add(timeout), errTimedOut)
 	defer cancel()
 
-	out := newRecordOutput(rec, s.cfg, job.Offsets)
+	stored := job.Offsets
+	if reattach && job.Phase == PhaseInstall {
+		// The server went away while the job was installing its
+		// dependencies: its tests never started, so there is nothing to
+		// re-attach to. Run it again from the start (the executor cleans
+		// up what the earlier run left); its log says so.
+		rec.Log(StreamStderr, "\n[ci: ci-server restarted while the job was installing its dependencies; installing again]\n", nil)
+		reattach, stored = false, Offsets{}
+	}
+	out := newRecordOutput(rec, s.cfg, stored)
 	spec := Spec{JobID: job.ID, Archive: s.archives.Path(job.Archive), Args: job.Args}
 	var res Result
 	var err error
@@ -816,6 +825,15 @@ func (o *recordOutput) record(stream, text string) error {
 	return nil
 }
 
+// Phase implements Output: what the previous phase held back is recorded
+// first, and the output offsets start again from 0, since they count the
+// test process's bytes (what Reattach replays).
+func (o *recordOutput) Phase(name string) error {
+	o.flush()
+	o.consumed, o.skip = [2]int64{}, [2]int64{}
+	return o.rec.Phase(name, Offsets{})
+}
+
 // flush records what the splitters and maskers hold back and the tail kept
 // past the limit, after a marker if anything was dropped.
 func (o *recordOutput) flush() {
@@ -827,6 +845,7 @@ func (o *recordOutput) flush() {
 	if o.dropped > 0 {
 		o.rec.Log(StreamStderr, fmt.Sprintf("\n[ci: output passed the limit of %s: %s dropped; the last %s follows]\n",
 			formatBytes(o.limit), formatBytes(o.dropped), formatBytes(o.tailBytes)), &offs)
+		o.dropped = 0
 	}
 	for _, c := range o.tail {
 		o.rec.Log(c.stream, c.text, &offs)

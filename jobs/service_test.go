@@ -835,3 +835,108 @@ func TestResultEvent(t *testing.T) {
 		t.Fatalf("tests of an unknown job: %v, want ENOTFOUND", err)
 	}
 }
+
+// TestPhases checks that an executor's phases become phase events between
+// the output they separate, that the job shows its phase, and that the
+// output offsets count only the test phase's bytes (what Reattach
+// replays).
+func TestPhases(t *testing.T) {
+	exec := funcExec(func(ctx context.Context, spec Spec, out Output) (Result, error) {
+		out.Phase(PhaseInstall)
+		out.Write(StreamStdout, []byte("Processing ./wheels/x.whl\n"))
+		out.Write(StreamStderr, []byte("half a rune: \xe2\x82")) // held back, then flushed by Phase
+		out.Phase(PhaseTest)
+		out.Write(StreamStdout, []byte("collected 1 item\n"))
+		return Result{}, nil
+	})
+	env := newTestService(t, exec, 1)
+	job := env.submit(t)
+	evs := collect(t, env.svc, job.ID, 0)
+	var kinds []string
+	for _, ev := range evs {
+		k := string(ev.Type) + ":" + string(ev.Status) + ev.Phase + ev.Stream
+		if len(kinds) == 0 || kinds[len(kinds)-1] != k {
+			kinds = append(kinds, k)
+		}
+	}
+	want := "status:queued status:running phase:install log:stdout log:stderr phase:test log:stdout status:passed"
+	if got := strings.Join(kinds, " "); got != want {
+		t.Fatalf("events %q, want %q", got, want)
+	}
+	for _, ev := range evs {
+		if ev.Type == EventLog && ev.Stream == StreamStderr && !strings.HasPrefix(ev.Text, "half a rune: \ufffd") {
+			t.Fatalf("install stderr %q: want what was held back flushed as U+FFFD before the test phase", ev.Text)
+		}
+	}
+	got, _ := env.svc.Job(context.Background(), job.ID)
+	if got.Phase != PhaseTest {
+		t.Fatalf("job phase %q, want %q", got.Phase, PhaseTest)
+	}
+	if want := (Offsets{Stdout: int64(len("collected 1 item\n"))}); got.Offsets != want {
+		t.Fatalf("offsets %+v, want %+v (the test phase's bytes only)", got.Offsets, want)
+	}
+}
+
+// installExec installs (announcing PhaseInstall) and then, on its first
+// Run, waits for a detach; later Runs go on to the tests. Reattach must not
+// be called: the tests never started.
+type installExec struct {
+	runs      atomic.Int32
+	installed chan struct{}
+	reattach  atomic.Int32
+}
+
+func (e *installExec) Run(ctx context.Context, spec Spec, out Output) (Result, error) {
+	n := e.runs.Add(1)
+	out.Phase(PhaseInstall)
+	out.Write(StreamStdout, []byte(fmt.Sprintf("installing, run %d\n", n)))
+	if n == 1 {
+		close(e.installed)
+		<-ctx.Done()
+		return Result{}, context.Cause(ctx)
+	}
+	out.Phase(PhaseTest)
+	out.Write(StreamStdout, []byte("1 passed\n"))
+	return Result{}, nil
+}
+
+func (e *installExec) Reattach(ctx context.Context, spec Spec, out Output) (Result, error) {
+	e.reattach.Add(1)
+	return Result{}, fmt.Errorf("reattach called: %w", ErrGone)
+}
+
+// TestRestartDuringInstallRunsAgain checks that a job whose server went
+// away while it was still installing runs again from the start under the
+// next server (its tests never started, so there is nothing to re-attach
+// to), with one note in the log and the same gapless seq.
+func TestRestartDuringInstallRunsAgain(t *testing.T) {
+	exec := &installExec{installed: make(chan struct{})}
+	env := newTestService(t, exec, 1)
+	job := env.submit(t)
+	<-exec.installed
+	waitFor(t, func() bool {
+		j, _ := env.store.Job(context.Background(), job.ID)
+		return j.Phase == PhaseInstall
+	})
+	env.svc.Close()
+
+	env.start(t, exec, 1)
+	evs := collect(t, env.svc, job.ID, 0)
+	var text strings.Builder
+	for i, ev := range evs {
+		if ev.Seq != int64(i+1) {
+			t.Fatalf("event %d has seq %d, want gapless", i, ev.Seq)
+		}
+		text.WriteString(ev.Text)
+	}
+	if n := exec.reattach.Load(); n != 0 {
+		t.Fatalf("Reattach called %d times, want 0 for a job still installing", n)
+	}
+	want := "installing, run 1\n\n[ci: ci-server restarted while the job was installing its dependencies; installing again]\ninstalling, run 2\n1 passed\n"
+	if text.String() != want {
+		t.Fatalf("output %q, want %q", text.String(), want)
+	}
+	if last := evs[len(evs)-1]; last.Status != StatusPassed {
+		t.Fatalf("job ended %s, want passed", last.Status)
+	}
+}

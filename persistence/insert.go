@@ -30,7 +30,7 @@ const maxInsertRows = 1 << insertShift
 // updateJobSQL saves a job's mutable fields if its stored log ends at the
 // expected seq.
 const updateJobSQL = `UPDATE jobs SET status = ?1, started_at = ?2, finished_at = ?3, exit_code = ?4, reason = ?5, last_seq = ?6,
-stdout_bytes = ?9, stderr_bytes = ?10
+stdout_bytes = ?9, stderr_bytes = ?10, phase = ?11
 WHERE id = ?7 AND last_seq = ?8`
 
 // writeStmts are the statements of AppendEvents, prepared once.

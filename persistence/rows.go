@@ -26,6 +26,9 @@ type jobRow struct {
 	// jobs.Offsets), saved with the events they account for.
 	StdoutBytes int64 `gorm:"not null;default:0"`
 	StderrBytes int64 `gorm:"not null;default:0"`
+	// Phase is the job's phase (jobs.PhaseInstall, jobs.PhaseTest), saved
+	// with its phase event; "" when it has none.
+	Phase string `gorm:"type:text;not null;default:''"`
 
 	// Events is only here so that AutoMigrate declares the foreign key
 	// events.job_id -> jobs.id. It is never loaded or saved.
@@ -47,23 +50,26 @@ type eventRow struct {
 	Stream   string    `gorm:"type:text;not null"`
 	Text     string    `gorm:"type:text;not null"`
 	// Data holds, as JSON, the fields of a result event (test counts,
-	// duration, failures); empty for other events.
+	// duration, failures) or a phase event (the phase); empty for other
+	// events.
 	Data string `gorm:"type:text;not null;default:''"`
 }
 
-// resultData is what eventRow.Data holds.
-type resultData struct {
+// eventExtra is what eventRow.Data holds.
+type eventExtra struct {
+	Phase     string           `json:"phase,omitempty"`
 	Tests     *jobs.TestCounts `json:"tests,omitempty"`
 	DurationS float64          `json:"duration_s,omitempty"`
 	Failures  []jobs.Failure   `json:"failures,omitempty"`
 }
 
-// eventData encodes the result fields of e, or "" when it has none.
+// eventData encodes the result and phase fields of e, or "" when it has
+// none.
 func eventData(e *jobs.Event) (string, error) {
-	if e.Tests == nil && e.DurationS == 0 && len(e.Failures) == 0 {
+	if e.Tests == nil && e.DurationS == 0 && len(e.Failures) == 0 && e.Phase == "" {
 		return "", nil
 	}
-	b, err := json.Marshal(resultData{Tests: e.Tests, DurationS: e.DurationS, Failures: e.Failures})
+	b, err := json.Marshal(eventExtra{Phase: e.Phase, Tests: e.Tests, DurationS: e.DurationS, Failures: e.Failures})
 	if err != nil {
 		return "", fmt.Errorf("encode result event: %w", err)
 	}
@@ -111,6 +117,7 @@ func newJobRow(j *jobs.Job) (jobRow, error) {
 		TimeoutMS:   j.Timeout.Milliseconds(),
 		StdoutBytes: j.Offsets.Stdout,
 		StderrBytes: j.Offsets.Stderr,
+		Phase:       j.Phase,
 	}, nil
 }
 
@@ -134,6 +141,7 @@ func (r *jobRow) job() (*jobs.Job, error) {
 		LastSeq:     r.LastSeq,
 		Timeout:     time.Duration(r.TimeoutMS) * time.Millisecond,
 		Offsets:     jobs.Offsets{Stdout: r.StdoutBytes, Stderr: r.StderrBytes},
+		Phase:       r.Phase,
 	}, nil
 }
 
@@ -162,9 +170,9 @@ func newEventRows(jobID string, events []jobs.Event) []eventRow {
 func (r *eventRow) event() jobs.Event {
 	ev := r.baseEvent()
 	if r.Data != "" {
-		var d resultData
+		var d eventExtra
 		if json.Unmarshal([]byte(r.Data), &d) == nil {
-			ev.Tests, ev.DurationS, ev.Failures = d.Tests, d.DurationS, d.Failures
+			ev.Phase, ev.Tests, ev.DurationS, ev.Failures = d.Phase, d.Tests, d.DurationS, d.Failures
 		}
 	}
 	return ev

@@ -321,7 +321,7 @@ func (s *Store) appendEvents(ctx context.Context, job *jobs.Job, events []jobs.E
 	prev := events[0].Seq - 1
 	res, err := tx.StmtContext(ctx, s.ws.update).ExecContext(ctx,
 		string(job.Status), timeArg(job.StartedAt), timeArg(job.FinishedAt), intArg(job.ExitCode),
-		job.Reason, job.LastSeq, job.ID, prev, job.Offsets.Stdout, job.Offsets.Stderr)
+		job.Reason, job.LastSeq, job.ID, prev, job.Offsets.Stdout, job.Offsets.Stderr, job.Phase)
 	if err != nil {
 		return fmt.Errorf("update job: %w", err)
 	}

@@ -717,3 +717,34 @@ func TestResultEventsAndTests(t *testing.T) {
 		t.Fatalf("tests %+v (%v), want %+v", back, err, tests)
 	}
 }
+
+// TestPhaseSavedWithEvents checks that a phase event keeps its phase and
+// that the job's phase is saved with it, across a reopen.
+func TestPhaseSavedWithEvents(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ci.db")
+	ctx := context.Background()
+	s, err := persistence.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := &jobs.Job{Status: jobs.StatusRunning, CreatedAt: time.Now(), LastSeq: 1}
+	if err := s.CreateJob(ctx, job, []jobs.Event{{Seq: 1, Type: jobs.EventStatus, Status: jobs.StatusQueued, Time: time.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	job.Phase, job.LastSeq = jobs.PhaseInstall, 2
+	if err := s.AppendEvents(ctx, job, []jobs.Event{{JobID: job.ID, Seq: 2, Type: jobs.EventPhase, Phase: jobs.PhaseInstall, Time: time.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = MustOpenPath(t, path)
+	got, err := s.Job(ctx, job.ID)
+	if err != nil || got.Phase != jobs.PhaseInstall {
+		t.Fatalf("job %+v (%v), want phase %q", got, err, jobs.PhaseInstall)
+	}
+	evs, err := s.Events(ctx, job.ID, 1, 10)
+	if err != nil || len(evs) != 1 || evs[0].Type != jobs.EventPhase || evs[0].Phase != jobs.PhaseInstall {
+		t.Fatalf("events %+v (%v), want one install phase event", evs, err)
+	}
+}
