@@ -109,7 +109,7 @@ func TestJobJobsLog(t *testing.T) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ci/api/v1/jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, `{"id":"`+r.PathValue("id")+`","status":"failed","args":[],"created_at":"2025-01-02T03:04:05Z",
-			"started_at":"2025-01-02T03:04:06Z","finished_at":"2025-01-02T03:04:09Z","exit_code":1,"reason":"1 test failed","last_seq":9}`)
+			"started_at":"2025-01-02T03:04:06Z","finished_at":"2025-01-02T03:04:09Z","exit_code":1,"reason":"1 test failed","last_seq":9,"phase":"test"}`)
 	})
 	mux.HandleFunc("GET /ci/api/v1/jobs", func(w http.ResponseWriter, r *http.Request) {
 		if got := r.URL.Query().Get("limit") + "," + r.URL.Query().Get("before"); got != "2,J9" {
@@ -131,6 +131,9 @@ func TestJobJobsLog(t *testing.T) {
 	}
 	if j.ID != "J1" || !j.Terminal() || j.ExitCode == nil || *j.ExitCode != 1 || j.FinishedAt.Sub(*j.StartedAt).Seconds() != 3 {
 		t.Fatalf("job %+v", j)
+	}
+	if j.Phase != "test" {
+		t.Fatalf("phase=%q, want test", j.Phase)
 	}
 	l, err := c.Jobs(ctx, 2, "J9")
 	if err != nil {

@@ -463,3 +463,42 @@ func TestExitCode(t *testing.T) {
 		}
 	}
 }
+
+// TestFollowPhaseEvents checks that phase events, as the server sends them,
+// are delivered in order with their phase.
+func TestFollowPhaseEvents(t *testing.T) {
+	wire := []string{
+		`{"seq":1,"time":"2025-01-02T03:04:05Z","type":"status","status":"running"}`,
+		`{"seq":2,"time":"2025-01-02T03:04:05Z","type":"phase","phase":"install"}`,
+		`{"seq":3,"time":"2025-01-02T03:04:05Z","type":"log","stream":"stdout","text":"dependencies: cached (key 3f2a)\n"}`,
+		`{"seq":4,"time":"2025-01-02T03:04:06Z","type":"phase","phase":"test"}`,
+		`{"seq":5,"time":"2025-01-02T03:04:07Z","type":"status","status":"passed","exit_code":0}`,
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			t.Errorf("accept: %v", err)
+			return
+		}
+		defer c.CloseNow()
+		for _, m := range wire {
+			if err := c.Write(r.Context(), websocket.MessageText, []byte(m)); err != nil {
+				return
+			}
+		}
+		c.Close(websocket.StatusNormalClosure, "")
+	}))
+	defer srv.Close()
+	var got []string
+	_, err := newTestClient(srv.URL).Follow(testContext(t), "J1", 0, func(ev client.Event) error {
+		got = append(got, ev.Type+":"+ev.Phase)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("Follow: %v", err)
+	}
+	want := []string{"status:", "phase:install", "log:", "phase:test", "status:"}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("delivered %q, want %q", got, want)
+	}
+}

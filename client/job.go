@@ -18,6 +18,15 @@ const (
 	EventStatus = "status"
 	EventLog    = "log"
 	EventResult = "result"
+	EventPhase  = "phase" // the job enters a phase: output that follows belongs to it
+)
+
+// The phases of a job whose project has dependencies to install (a
+// requirements.txt): first PhaseInstall, whose output is pip's, then
+// PhaseTest, pytest's. A job without dependencies has no phase events.
+const (
+	PhaseInstall = "install"
+	PhaseTest    = "test"
 )
 
 // The streams of a log event.
@@ -52,6 +61,10 @@ type Job struct {
 	Reason string `json:"reason,omitempty"`
 	// LastSeq is the seq of the job's newest event.
 	LastSeq int64 `json:"last_seq"`
+	// Phase is the phase the job is in or ended in: "" until it enters
+	// one (a job without dependencies never does), then PhaseInstall,
+	// then PhaseTest.
+	Phase string `json:"phase,omitempty"`
 
 	// EventsURL is the job's WebSocket event stream; WebURL its web page.
 	EventsURL string `json:"events_url,omitempty"`
@@ -82,6 +95,8 @@ type Event struct {
 	Status   string `json:"status,omitempty"`
 	ExitCode *int   `json:"exit_code,omitempty"`
 	Reason   string `json:"reason,omitempty"`
+	// Phase is set on phase events: PhaseInstall or PhaseTest.
+	Phase string `json:"phase,omitempty"`
 	// Tests, DurationS and Failures are set on result events (ExitCode
 	// too): the summary of pytest's per-test results.
 	Tests     *TestCounts `json:"tests,omitempty"`
