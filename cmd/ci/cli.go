@@ -42,7 +42,9 @@ func init() {
 ignores), uploads it to ci-server, which runs pytest on it, and streams pytest's
 output here as it happens. Exits with pytest's exit code. Arguments after --
 are passed to pytest. Ctrl-C cancels the job (and still shows how it ended);
-a second Ctrl-C leaves at once.`,
+a second Ctrl-C leaves at once. A project with a requirements.txt first has
+its dependencies installed: "==> install" and "==> test" on stderr mark
+where pip's output ends and pytest's begins.`,
 			run: (*cli).submit,
 		},
 		"wait": {
@@ -397,26 +399,49 @@ func (c *cli) wait(ctx context.Context, args []string) int {
 
 // follow prints the output of job id from event after+1 on until the job
 // ends, and returns ci's exit code for its end, the last seq it printed and
-// whether ctx was canceled (Ctrl-C) before the end.
+// whether ctx was canceled (Ctrl-C) before the end. A heading on stderr
+// (see phaseHeading) marks where each phase of the job begins.
 func (c *cli) follow(ctx context.Context, id string, after int64) (code int, lastSeq int64, interrupted bool) {
 	last := after
 	// pytest runs with colour on; a pipe or a file gets clean text.
 	stdout, stderr := colorWriter(c.stdout), colorWriter(c.stderr)
+	color := useColor(c.stderr)
+	// midLine is true when the output so far did not end its line: ci's
+	// own lines then start with a newline, so they stand on their own.
+	midLine := false
+	endLine := func() {
+		if midLine {
+			io.WriteString(c.stderr, "\n")
+			midLine = false
+		}
+	}
 	var result *client.Event
 	term, err := c.client().Follow(ctx, id, after, func(ev client.Event) error {
 		last = ev.Seq
-		if ev.Type == client.EventResult {
+		switch ev.Type {
+		case client.EventResult:
 			result = &ev
-		}
-		if ev.Type != client.EventLog {
-			return nil
-		}
-		w := stdout
-		if ev.Stream == client.StreamStderr {
-			w = stderr
-		}
-		if _, err := io.WriteString(w, ev.Text); err != nil {
-			return fmt.Errorf("write output: %w", err)
+		case client.EventPhase:
+			if ev.Phase == "" {
+				return nil
+			}
+			// Straight to stderr, not through the stripper: a sequence
+			// the previous phase left unfinished can't swallow it.
+			endLine()
+			if _, err := io.WriteString(c.stderr, phaseHeading(ev.Phase, color)); err != nil {
+				return fmt.Errorf("write output: %w", err)
+			}
+		case client.EventLog:
+			w := stdout
+			if ev.Stream == client.StreamStderr {
+				w = stderr
+			}
+			if _, err := io.WriteString(w, ev.Text); err != nil {
+				return fmt.Errorf("write output: %w", err)
+			}
+			if t := ansi.String(ev.Text); t != "" {
+				midLine = t[len(t)-1] != '\n'
+			}
 		}
 		return nil
 	})
@@ -424,6 +449,7 @@ func (c *cli) follow(ctx context.Context, id string, after int64) (code int, las
 		if ctx.Err() != nil {
 			return exitInterrupted, last, true
 		}
+		endLine()
 		code := c.failure("job "+id, err)
 		if code != exitNotFound {
 			fmt.Fprintf(c.stderr, "ci: follow it again with: ci wait %s --after %d\n", id, last)
@@ -431,12 +457,24 @@ func (c *cli) follow(ctx context.Context, id string, after int64) (code int, las
 		return code, last, false
 	}
 	if result != nil && result.Tests != nil {
+		endLine()
 		printSummary(c.stderr, result)
 	}
 	if term.Status != client.StatusPassed && term.Reason != "" {
+		endLine()
 		fmt.Fprintf(c.stderr, "ci: job %s %s: %s\n", id, humanStatus(term.Status), term.Reason)
 	}
 	return client.ExitCode(term.Status, term.ExitCode), last, false
+}
+
+// phaseHeading is the line ci prints where a job enters a phase:
+// "==> install", "==> test", in bold when color is true.
+func phaseHeading(phase string, color bool) string {
+	phase = ansi.String(phase)
+	if color {
+		return "\x1b[1m==> " + phase + "\x1b[0m\n"
+	}
+	return "==> " + phase + "\n"
 }
 
 // printSummary prints a result event as one line of counts, then the
@@ -487,6 +525,9 @@ func (c *cli) status(ctx context.Context, args []string) int {
 		st += fmt.Sprintf(" (exit code %d)", *j.ExitCode)
 	}
 	fmt.Fprintf(w, "status:\t%s\n", st)
+	if j.Phase != "" && !j.Terminal() {
+		fmt.Fprintf(w, "phase:\t%s\n", j.Phase)
+	}
 	if j.Reason != "" {
 		fmt.Fprintf(w, "reason:\t%s\n", j.Reason)
 	}
@@ -555,17 +596,23 @@ func formatDuration(d time.Duration) string {
 	return d.Round(time.Second).String()
 }
 
-// colorWriter returns w itself when it is a terminal that wants colour, and
-// otherwise a writer that strips ANSI escape sequences. NO_COLOR (any
-// value) turns colour off; CI_COLOR=always keeps it even on a pipe.
+// colorWriter returns w itself when useColor(w), and otherwise a writer
+// that strips ANSI escape sequences.
 func colorWriter(w io.Writer) io.Writer {
-	if os.Getenv("CI_COLOR") == "always" {
-		return w
-	}
-	if os.Getenv("NO_COLOR") == "" && os.Getenv("CI_COLOR") != "never" && isTerminal(w) {
+	if useColor(w) {
 		return w
 	}
 	return ansi.NewWriter(w)
+}
+
+// useColor reports whether what ci writes to w may be in colour: when w is
+// a terminal, unless NO_COLOR (any value) or CI_COLOR=never turns colour
+// off; CI_COLOR=always turns it on even on a pipe.
+func useColor(w io.Writer) bool {
+	if os.Getenv("CI_COLOR") == "always" {
+		return true
+	}
+	return os.Getenv("NO_COLOR") == "" && os.Getenv("CI_COLOR") != "never" && isTerminal(w)
 }
 
 // isTerminal reports whether w is a character device (a terminal).

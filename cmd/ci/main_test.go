@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -338,6 +339,18 @@ func TestStatus(t *testing.T) {
 		}
 	}
 
+	if strings.Contains(stdout, "phase:") {
+		t.Errorf("status output of an ended job shows a phase:\n%s", stdout)
+	}
+
+	// A running job shows its phase.
+	f.job.Status, f.job.ExitCode, f.job.FinishedAt, f.job.Phase = "running", nil, nil, "install"
+	code, stdout, _ = runCLI(t, testContext(t), "status", "J1", "--server", f.srv.URL)
+	if code != 0 || !regexp.MustCompile(`\nstatus: +running\nphase: +install\n`).MatchString(stdout) {
+		t.Errorf("running job: exit %d, output:\n%s", code, stdout)
+	}
+	f.job.Status, f.job.ExitCode, f.job.FinishedAt, f.job.Phase = "failed", intp(1), &end, "test"
+
 	code, stdout, _ = runCLI(t, testContext(t), "status", "--json", "J1", "--server", f.srv.URL)
 	var j client.Job
 	if err := json.Unmarshal([]byte(stdout), &j); code != 0 || err != nil || j.ID != "J1" || *j.ExitCode != 1 {
@@ -506,4 +519,122 @@ func interrupted(t *testing.T, f *fakeServer, args ...string) cliResult {
 	}
 	cancel() // Ctrl-C
 	return <-done
+}
+
+// installOutput is a job's output with a dependency install: pip's output,
+// then pytest's.
+var installOutput = []client.Event{
+	{Type: "phase", Phase: "install"},
+	{Type: "log", Stream: "stdout", Text: "Collecting attrs\n"},
+	{Type: "log", Stream: "stderr", Text: "WARNING: pip is old\n"},
+	{Type: "log", Stream: "stdout", Text: "Successfully installed attrs\n"},
+	{Type: "phase", Phase: "test"},
+	{Type: "log", Stream: "stdout", Text: "test_a.py .\n"},
+}
+
+// runCLIOneWriter runs ci with stdout and stderr on one writer, as on a
+// terminal, to see the order of what it prints.
+func runCLIOneWriter(t *testing.T, args ...string) (code int, out string) {
+	t.Helper()
+	var b bytes.Buffer
+	code = run(testContext(t), args, &b, &b)
+	return code, b.String()
+}
+
+// TestPhaseHeadings checks that following a job prints a heading on stderr
+// where each phase begins, in order with the output around it.
+func TestPhaseHeadings(t *testing.T) {
+	f := newFakeServer(t)
+	f.setEvents(installOutput, "passed", intp(0), "")
+	const want = "==> install\nCollecting attrs\nWARNING: pip is old\nSuccessfully installed attrs\n==> test\ntest_a.py .\n"
+	for _, args := range [][]string{
+		{"wait", "J1"},
+		{"submit", "test", "--dir", projectDir(t)},
+	} {
+		code, out := runCLIOneWriter(t, append(args, "--server", f.srv.URL)...)
+		out = strings.TrimPrefix(out, "Job J1 submitted: "+f.srv.URL+"/jobs/J1\n")
+		if code != 0 || out != want {
+			t.Errorf("ci %q: exit %d, output\n%q\nwant 0 and\n%q", args, code, out, want)
+		}
+	}
+
+	// Apart: the headings are ci's own messages, on stderr.
+	code, stdout, stderr := runCLI(t, testContext(t), "wait", "J1", "--server", f.srv.URL)
+	wantOut, wantErr := "Collecting attrs\nSuccessfully installed attrs\ntest_a.py .\n", "==> install\nWARNING: pip is old\n==> test\n"
+	if code != 0 || stdout != wantOut || stderr != wantErr {
+		t.Fatalf("exit %d, stdout %q, stderr %q; want 0, %q, %q", code, stdout, stderr, wantOut, wantErr)
+	}
+}
+
+// TestPhaseHeadingColour checks that headings are bold when colour is on
+// and plain when it is off.
+func TestPhaseHeadingColour(t *testing.T) {
+	f := newFakeServer(t)
+	f.setEvents(installOutput, "passed", intp(0), "")
+	for _, tt := range []struct {
+		noColor, ciColor string
+		want             string
+	}{
+		{"", "", "==> install\nWARNING: pip is old\n==> test\n"}, // a pipe
+		{"", "always", "\x1b[1m==> install\x1b[0m\nWARNING: pip is old\n\x1b[1m==> test\x1b[0m\n"},
+		{"1", "", "==> install\nWARNING: pip is old\n==> test\n"},
+		{"", "never", "==> install\nWARNING: pip is old\n==> test\n"},
+	} {
+		t.Setenv("NO_COLOR", tt.noColor)
+		t.Setenv("CI_COLOR", tt.ciColor)
+		code, _, stderr := runCLI(t, testContext(t), "wait", "J1", "--server", f.srv.URL)
+		if code != 0 || stderr != tt.want {
+			t.Errorf("NO_COLOR=%q CI_COLOR=%q: exit %d, stderr %q, want 0 and %q", tt.noColor, tt.ciColor, code, stderr, tt.want)
+		}
+	}
+}
+
+// TestPhaseHeadingOwnLine checks that a heading after output that did not
+// end its line starts a line of its own.
+func TestPhaseHeadingOwnLine(t *testing.T) {
+	f := newFakeServer(t)
+	f.setEvents([]client.Event{
+		{Type: "phase", Phase: "install"},
+		{Type: "log", Stream: "stderr", Text: "no newline"},
+		{Type: "phase", Phase: "test"},
+		{Type: "log", Stream: "stdout", Text: "test_a.py ."},
+	}, "passed", intp(0), "")
+	code, out := runCLIOneWriter(t, "wait", "J1", "--server", f.srv.URL)
+	if want := "==> install\nno newline\n==> test\ntest_a.py ."; code != 0 || out != want {
+		t.Fatalf("exit %d, output %q; want 0 and %q", code, out, want)
+	}
+
+	// So does the reason after it, and a colour code after the last
+	// newline does not count as text.
+	f.setEvents([]client.Event{
+		{Type: "log", Stream: "stdout", Text: "\x1b[32mtest_a.py .\n\x1b[0m"},
+		{Type: "log", Stream: "stdout", Text: "test_b.py ."},
+	}, "timed_out", nil, "ran past 10m0s")
+	code, out = runCLIOneWriter(t, "wait", "J1", "--server", f.srv.URL)
+	if want := "test_a.py .\ntest_b.py .\nci: job J1 timed out: ran past 10m0s\n"; code != 124 || out != want {
+		t.Fatalf("exit %d, output %q; want 124 and %q", code, out, want)
+	}
+	f.setEvents([]client.Event{
+		{Type: "log", Stream: "stdout", Text: "test_a.py .\n\x1b[0m"},
+	}, "timed_out", nil, "ran past 10m0s")
+	code, out = runCLIOneWriter(t, "wait", "J1", "--server", f.srv.URL)
+	if want := "test_a.py .\nci: job J1 timed out: ran past 10m0s\n"; code != 124 || out != want {
+		t.Fatalf("exit %d, output %q; want 124 and %q", code, out, want)
+	}
+}
+
+// TestInstallFailed checks a job whose dependencies could not be
+// installed: pip's output under its heading, the reason, exit 125.
+func TestInstallFailed(t *testing.T) {
+	f := newFakeServer(t)
+	f.setEvents([]client.Event{
+		{Type: "phase", Phase: "install"},
+		{Type: "log", Stream: "stderr", Text: "ERROR: No matching distribution found for nope\n"},
+	}, "error", nil, "installing the dependencies failed (pip exited 1)")
+	code, stdout, stderr := runCLI(t, testContext(t), "submit", "test", "--dir", projectDir(t), "--server", f.srv.URL)
+	want := "Job J1 submitted: " + f.srv.URL + "/jobs/J1\n==> install\nERROR: No matching distribution found for nope\n" +
+		"ci: job J1 error: installing the dependencies failed (pip exited 1)\n"
+	if code != 125 || stdout != "" || stderr != want {
+		t.Fatalf("exit %d, stdout %q, stderr %q; want 125, nothing, %q", code, stdout, stderr, want)
+	}
 }
