@@ -33,11 +33,14 @@ const el = {
   duration: $("duration"), exit: $("exit"), args: $("args"), argsItem: $("args-item"),
   reason: $("reason"), lines: $("lines"), notice: $("notice"), noticeText: $("notice-text"),
   showAll: $("show-all"), scroller: $("scroller"), log: $("log"), jump: $("jump"),
-  legend: $("legend"),
+  legend: $("legend"), phase: $("phase"),
 };
 
 // What the page knows of the job.
-const job = { status: "", created: NaN, started: NaN, finished: NaN, exitCode: null, reason: "" };
+const job = { status: "", created: NaN, started: NaN, finished: NaN, exitCode: null, reason: "", phase: "" };
+
+// PHASES says what a running job does in each of its phases.
+const PHASES = { install: "installing dependencies", test: "running tests" };
 
 let lastSeq = 0;       // seq of the last accepted event
 let backlog = 0;       // last_seq of the job when it was loaded
@@ -46,7 +49,7 @@ let ws = null;
 let attempt = 0;
 
 // Output waiting to be rendered: chunks[rendered:].
-const chunks = [];     // {s: stream, t: text, nl: newlines}
+const chunks = [];     // {s: stream, t: text, nl: newlines}, or {ph: phase, nl: 0}
 let rendered = 0;
 let pendingNl = 0;
 let showAll = false;
@@ -91,6 +94,7 @@ function applyJob(j) {
     el.args.textContent = j.args.join(" ");
     el.argsItem.hidden = false;
   }
+  if (j.phase) job.phase = j.phase;
   setStatus(j.status, j.exit_code, j.reason);
 }
 
@@ -106,6 +110,12 @@ function setStatus(status, exitCode, reason) {
 function renderHeader() {
   const s = job.status;
   if (el.badge.dataset.status !== s) setBadge(el.badge, s);
+  const ph = s === "running" ? job.phase : "";
+  if (el.phase.dataset.phase !== ph) {
+    el.phase.dataset.phase = ph;
+    el.phase.textContent = PHASES[ph] || ph;
+    el.phase.hidden = !ph;
+  }
   document.title = `${statusLabel(s)} · ${shortID(id)} · ci`;
   if (job.exitCode !== null) {
     el.exit.textContent = String(job.exitCode);
@@ -220,6 +230,13 @@ function accept(ev) {
     if (ev.stream === "stderr") el.legend.hidden = false;
     pendingNl += nl;
     schedule();
+  } else if (ev.type === "phase") {
+    if (ev.phase) {
+      chunks.push({ ph: ev.phase, nl: 0 });
+      schedule();
+      job.phase = ev.phase;
+      renderHeader();
+    }
   } else if (ev.type === "result") {
     showResult(ev);
   } else if (ev.type === "status") {
@@ -264,7 +281,8 @@ function frame() {
   while (rendered < chunks.length) {
     const c = chunks[rendered++];
     pendingNl -= c.nl;
-    view.write(c.s, c.t, c.nl);
+    if (c.ph) view.phase(c.ph);
+    else view.write(c.s, c.t, c.nl);
     if (performance.now() - t0 > BUDGET || view.made - made > LINE_BUDGET) break;
   }
   view.trim();

@@ -1,7 +1,9 @@
 // logview.js: renders a job's output into the DOM, fast enough for very
 // large logs. Lines live in blocks of BLOCK lines (CSS content-visibility
 // lets the browser skip the ones off screen); with a cap, only the newest
-// lines stay in the DOM and older blocks are dropped whole.
+// lines stay in the DOM and older blocks are dropped whole. A phase of the
+// job (installing dependencies, running the tests) starts with a heading
+// between two blocks.
 
 import { AnsiParser } from "./ansi.js";
 
@@ -37,6 +39,7 @@ export class LogView {
     this.lineText = "";
     this.err = false;
     this.made = 0;       // line elements created, ever
+    this.cut = false;    // the open line was cut by a phase heading
   }
 
   // write parses a chunk of output from stream ("stdout" or "stderr"). nl,
@@ -73,19 +76,48 @@ export class LogView {
     this.blk = null;
     this.line = null;
     this.lastText = null;
+    this.cut = false;
     this.skip = n;
   }
 
-  // trim removes whole blocks from the top while more than cap lines are
-  // in the DOM.
+  // phase shows that the job enters a phase (e.g. "install", "test"): a
+  // heading row, after which lines go into a new block. The heading is not
+  // a line: it has no number, does not count against the cap and is not in
+  // the log's text (its label is CSS content), so a copy is still exactly
+  // the output. A line left open is cut: it goes on below the heading under
+  // the same number. A heading among skipped lines is skipped with them;
+  // trim drops one that reaches the top.
+  phase(name) {
+    this.parser.reset(); // a new process: no style or sequence carries over
+    if (this.skip > 0) return;
+    const h = document.createElement("div");
+    h.className = "ph";
+    h.dataset.phase = name;
+    h.setAttribute("role", "heading");
+    h.setAttribute("aria-level", "3");
+    h.setAttribute("aria-label", "Phase: " + name);
+    this.root.appendChild(h);
+    this.blk = null;
+    if (this.line) {
+      this.line = null;
+      this.lastText = null;
+      this.cut = true;
+    }
+  }
+
+  // trim removes whole blocks (and phase headings) from the top while more
+  // than cap lines are in the DOM.
   trim() {
     while (this.domLines > this.cap) {
       const b = this.root.firstElementChild;
       if (!b || b === this.blk) break;
-      const n = b.childElementCount;
       b.remove();
+      if (!b.classList.contains("blk")) continue; // a phase heading
+      const n = b.childElementCount;
       this.domLines -= n;
-      this.first += n;
+      // The rest of a cut line was counted with its start.
+      const l = b.firstElementChild;
+      this.first += l && l.classList.contains("lc") ? n - 1 : n;
     }
   }
 
@@ -152,7 +184,8 @@ export class LogView {
       if (this.domLines === 0) this.first = this.done + 1;
     }
     this.line = document.createElement("div");
-    this.line.className = "l";
+    this.line.className = this.cut ? "l lc" : "l";
+    this.cut = false;
     // The line number (CSS counter): each block restarts it, as its
     // content-visibility contains counters.
     if (this.blkLines === 0) this.line.style.counterSet = "ln " + (this.done + 1);
