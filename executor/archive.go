@@ -136,13 +136,36 @@ func cleanName(name string) (string, error) {
 	return clean, nil
 }
 
-// writeTar writes entries to w as a tar stream, reading file contents from
-// the zip. A corrupt zip entry (bad checksum, wrong size) is an error.
+// writeTar writes entries to w as a tar stream owned by root, reading file
+// contents from the zip. A corrupt zip entry (bad checksum, wrong size) is
+// an error.
 func writeTar(w io.Writer, entries []tarEntry) error {
+	return writeTarAs(w, entries, 0, 0)
+}
+
+// writeTarAs is writeTar with every entry owned by uid:gid.
+func writeTarAs(w io.Writer, entries []tarEntry, uid, gid int) error {
 	tw := tar.NewWriter(w)
+	if err := writeEntries(tw, entries, uid, gid); err != nil {
+		return err
+	}
+	if err := tw.Close(); err != nil {
+		return fmt.Errorf("finish tar: %w", err)
+	}
+	return nil
+}
+
+// writeEntries writes entries to tw, owned by uid:gid.
+func writeEntries(tw *tar.Writer, entries []tarEntry, uid, gid int) error {
 	for _, e := range entries {
-		// Uid, Gid and names are left zero: owned by root.
-		if err := tw.WriteHeader(e.hdr); err != nil {
+		hdr := e.hdr
+		if uid != 0 || gid != 0 {
+			h := *e.hdr
+			h.Uid, h.Gid = uid, gid
+			hdr = &h
+		}
+		// Names are left empty: only the numeric owner counts.
+		if err := tw.WriteHeader(hdr); err != nil {
 			return fmt.Errorf("write %q: %w", e.hdr.Name, err)
 		}
 		if e.file == nil {
@@ -151,9 +174,6 @@ func writeTar(w io.Writer, entries []tarEntry) error {
 		if err := copyEntry(tw, e.file); err != nil {
 			return fmt.Errorf("entry %q: %w", e.file.Name, err)
 		}
-	}
-	if err := tw.Close(); err != nil {
-		return fmt.Errorf("finish tar: %w", err)
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/api/types/strslice"
 
 	"ci/jobs"
@@ -36,7 +37,44 @@ const (
 	// each testcase the file (and line) of its test, so its pytest node
 	// ID can be rebuilt without guessing where the module path ends.
 	JUnitFamily = "xunit1"
+	// NoPytestFile is written by the test container's launcher (see
+	// pytestLauncher) when pytest cannot be imported, before it exits
+	// with exitNoPytest.
+	NoPytestFile = ReportDir + "/no-pytest"
 )
+
+// exitNoPytest is the exit code of the launcher when pytest cannot be
+// imported. Only together with NoPytestFile does it mean that: a test may
+// exit with any code.
+const exitNoPytest = 119
+
+// pytestLauncher is the Python program the test container runs (with
+// python -c): pytest, started as "python -m pytest" would start it (runpy
+// with alter_sys), or, if pytest cannot be imported at all, a message that
+// says so in plain words instead of a bare "No module named pytest", the
+// NoPytestFile marker and exit code exitNoPytest.
+var pytestLauncher = `import importlib.util, runpy, sys
+if importlib.util.find_spec("pytest") is None:
+    sys.stderr.write("ci: pytest cannot be imported: the image does not have it and no requirements.txt installs it.\n"
+                     "ci: add pytest to the project's requirements.txt (or use an image that has pytest).\n")
+    try:
+        open("` + NoPytestFile + `", "w").close()
+    except OSError:
+        pass
+    sys.exit(` + strconv.Itoa(exitNoPytest) + `)
+runpy.run_module("pytest", run_name="__main__", alter_sys=True)
+`
+
+// pytestCommand returns the command that runs pytest with python (a path
+// or a name on PATH), with ci's report options and then the user's args.
+func pytestCommand(python string, args []string) []string {
+	// The report options come first: a user's own --junitxml or
+	// junit_family, later on the command line, wins (the run then has no
+	// report, or one parseJUnit reads without file attributes).
+	return append([]string{python, "-c", pytestLauncher,
+		"--junitxml=" + ReportFile, "-o", "junit_family=" + JUnitFamily,
+		"-p", "no:cacheprovider"}, args...)
+}
 
 // The limits a test container gets when DockerConfig leaves them zero.
 const (
@@ -143,15 +181,16 @@ func checkUser(user string) error {
 }
 
 // containerConfig returns the configuration of the container that runs
-// spec's tests with the given image and limits. It is pure: everything the
-// container is made of is decided here, so it can be table-tested.
-func containerConfig(spec jobs.Spec, image string, lim Limits) (*container.Config, *container.HostConfig) {
-	// The report options come first: a user's own --junitxml or
-	// junit_family, later on the command line, wins (the run then has no
-	// report, or one parseJUnit reads without file attributes).
-	cmd := append([]string{"python", "-m", "pytest",
-		"--junitxml=" + ReportFile, "-o", "junit_family=" + JUnitFamily,
-		"-p", "no:cacheprovider"}, spec.Args...)
+// spec's tests with the given image and limits, and, when deps names one,
+// the dependency volume mounted read-only at DepsDir with its venv's
+// python running the tests. It is pure: everything the container is made
+// of is decided here, so it can be table-tested.
+func containerConfig(spec jobs.Spec, image string, lim Limits, deps string) (*container.Config, *container.HostConfig) {
+	python := "python"
+	if deps != "" {
+		python = VenvPython
+	}
+	cmd := pytestCommand(python, spec.Args)
 	grace := int(lim.StopGrace / time.Second)
 	cfg := &container.Config{
 		Image:      image,
@@ -227,6 +266,12 @@ func containerConfig(spec jobs.Spec, image string, lim Limits) (*container.Confi
 			NanoCPUs:   int64(lim.CPUs * 1e9),
 			PidsLimit:  &pids,
 		},
+	}
+	if deps != "" {
+		// The venv first on PATH: a test's subprocess.run(["python", ...])
+		// or a console script of a dependency finds it.
+		cfg.Env = append(cfg.Env, "VIRTUAL_ENV="+Venv, "PATH="+VenvBin+":"+defaultPath)
+		host.Mounts = []mount.Mount{{Type: mount.TypeVolume, Source: deps, Target: DepsDir, ReadOnly: true}}
 	}
 	return cfg, host
 }

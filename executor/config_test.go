@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/mount"
 
 	"ci/jobs"
 )
@@ -36,7 +37,7 @@ func TestContainerConfig(t *testing.T) {
 			spec:  jobs.Spec{JobID: "job1", Archive: "/tmp/x.zip"},
 			image: "ci-python:latest",
 			lim:   mustLimits(t, DockerConfig{}),
-			wantCmd: []string{"python", "-m", "pytest", "--junitxml=/ci-results/junit/report.xml",
+			wantCmd: []string{"python", "-c", pytestLauncher, "--junitxml=/ci-results/junit/report.xml",
 				"-o", "junit_family=xunit1", "-p", "no:cacheprovider"},
 			wantTmpfs:    "rw,exec,nosuid,nodev,size=536870912,mode=1777",
 			wantNanoCPUs: 1e9,
@@ -48,7 +49,7 @@ func TestContainerConfig(t *testing.T) {
 			image: "python:3.12-slim",
 			lim: mustLimits(t, DockerConfig{User: "1000:1000", Memory: 64 << 20, CPUs: 0.5,
 				Pids: 32, TmpfsSize: 16 << 20, StopGrace: 1500 * time.Millisecond}),
-			wantCmd: []string{"python", "-m", "pytest", "--junitxml=/ci-results/junit/report.xml",
+			wantCmd: []string{"python", "-c", pytestLauncher, "--junitxml=/ci-results/junit/report.xml",
 				"-o", "junit_family=xunit1", "-p", "no:cacheprovider", "-k", "a and not b", "$(reboot)"},
 			wantTmpfs:    "rw,exec,nosuid,nodev,size=16777216,mode=1777",
 			wantNanoCPUs: 5e8,
@@ -59,7 +60,7 @@ func TestContainerConfig(t *testing.T) {
 			spec:  jobs.Spec{JobID: "job3", Args: []string{"--junitxml=mine.xml", "-o", "junit_family=xunit2"}},
 			image: "ci-python:latest",
 			lim:   mustLimits(t, DockerConfig{}),
-			wantCmd: []string{"python", "-m", "pytest", "--junitxml=/ci-results/junit/report.xml",
+			wantCmd: []string{"python", "-c", pytestLauncher, "--junitxml=/ci-results/junit/report.xml",
 				"-o", "junit_family=xunit1", "-p", "no:cacheprovider",
 				"--junitxml=mine.xml", "-o", "junit_family=xunit2"},
 			wantTmpfs:    "rw,exec,nosuid,nodev,size=536870912,mode=1777",
@@ -69,7 +70,7 @@ func TestContainerConfig(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg, host := containerConfig(tt.spec, tt.image, tt.lim)
+			cfg, host := containerConfig(tt.spec, tt.image, tt.lim, "")
 			if cfg.Image != tt.image {
 				t.Errorf("Image=%q, want %q", cfg.Image, tt.image)
 			}
@@ -226,9 +227,66 @@ func TestFormatBytes(t *testing.T) {
 func TestContainerConfigArgsNotAliased(t *testing.T) {
 	args := make([]string, 1, 10)
 	args[0] = "-x"
-	cfg, _ := containerConfig(jobs.Spec{Args: args}, "img", mustLimits(t, DockerConfig{}))
+	cfg, _ := containerConfig(jobs.Spec{Args: args}, "img", mustLimits(t, DockerConfig{}), "")
 	cfg.Cmd[len(cfg.Cmd)-1] = "changed"
 	if args[0] != "-x" {
 		t.Errorf("spec.Args changed to %q", args)
+	}
+}
+
+// TestContainerConfigWithDeps checks the test container of a project with
+// dependencies: the venv's volume read-only, its python running pytest,
+// its bin first on PATH, and still no network.
+func TestContainerConfigWithDeps(t *testing.T) {
+	lim := mustLimits(t, DockerConfig{})
+	cfg, host := containerConfig(jobs.Spec{JobID: "j", Args: []string{"-x"}}, "sha256:abc", lim, "ci-deps-k")
+	if cfg.Image != "sha256:abc" {
+		t.Errorf("Image=%q, want the image ID", cfg.Image)
+	}
+	if want := pytestCommand("/ci-deps/venv/bin/python", []string{"-x"}); !reflect.DeepEqual([]string(cfg.Cmd), want) {
+		t.Errorf("Cmd=%q, want %q", cfg.Cmd, want)
+	}
+	want := []mount.Mount{{Type: mount.TypeVolume, Source: "ci-deps-k", Target: "/ci-deps", ReadOnly: true}}
+	if !reflect.DeepEqual(host.Mounts, want) {
+		t.Errorf("Mounts=%+v, want %+v", host.Mounts, want)
+	}
+	env := strings.Join(cfg.Env, " ")
+	if !strings.Contains(env, "PATH=/ci-deps/venv/bin:/usr/local/sbin:") || !strings.Contains(env, "VIRTUAL_ENV=/ci-deps/venv") {
+		t.Errorf("Env=%q, want the venv first on PATH and VIRTUAL_ENV", cfg.Env)
+	}
+	if host.NetworkMode != "none" || !host.ReadonlyRootfs {
+		t.Errorf("NetworkMode=%q ReadonlyRootfs=%v, want none and true", host.NetworkMode, host.ReadonlyRootfs)
+	}
+}
+
+// TestInstallConfig checks the install container: the tests' sandbox,
+// with the install network, the deps volume writable, labels that are not
+// a test container's, and the install script.
+func TestInstallConfig(t *testing.T) {
+	lim := mustLimits(t, DockerConfig{Memory: 256 << 20})
+	cfg, host := installConfig("job1", "key1", "sha256:abc", "ci-deps-key1", "bridge", lim)
+	if cfg.Image != "sha256:abc" || cfg.User != lim.User || cfg.WorkingDir != "/workspace" {
+		t.Errorf("Image=%q User=%q WorkingDir=%q", cfg.Image, cfg.User, cfg.WorkingDir)
+	}
+	if want := map[string]string{"ci.install": "job1", "ci.deps": "key1"}; !reflect.DeepEqual(cfg.Labels, want) {
+		t.Errorf("Labels=%v, want %v (no ci.job: Reattach must not take it for the tests)", cfg.Labels, want)
+	}
+	if len(cfg.Cmd) != 3 || cfg.Cmd[0] != "sh" || !strings.Contains(cfg.Cmd[2], "pip install -r requirements.txt") ||
+		!strings.Contains(cfg.Cmd[2], "venv --without-pip --system-site-packages /ci-deps/venv") {
+		t.Errorf("Cmd=%q, want the install script", cfg.Cmd)
+	}
+	want := []mount.Mount{{Type: mount.TypeVolume, Source: "ci-deps-key1", Target: "/ci-deps"}}
+	if !reflect.DeepEqual(host.Mounts, want) {
+		t.Errorf("Mounts=%+v, want %+v (writable)", host.Mounts, want)
+	}
+	if host.NetworkMode != "bridge" {
+		t.Errorf("NetworkMode=%q, want bridge", host.NetworkMode)
+	}
+	if !host.ReadonlyRootfs || host.Resources.Memory != 256<<20 || len(host.CapDrop) != 1 || host.CapDrop[0] != "ALL" ||
+		!reflect.DeepEqual(host.SecurityOpt, []string{"no-new-privileges"}) {
+		t.Errorf("install container not sandboxed like the tests: %+v", host)
+	}
+	if strings.Contains(strings.Join(cfg.Env, " "), "PYTHONDONTWRITEBYTECODE") {
+		t.Error("install env has PYTHONDONTWRITEBYTECODE: the venv is read-only later, so its .pyc files are made now")
 	}
 }

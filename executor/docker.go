@@ -56,6 +56,9 @@ type DockerConfig struct {
 	// a run is canceled, rounded up to whole seconds. 0 means
 	// DefaultStopGrace.
 	StopGrace time.Duration
+	// Deps configures the dependency phase of projects with a
+	// requirements.txt, and its cache.
+	Deps DepsConfig
 	// Logger receives the executor's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -74,6 +77,7 @@ type Docker struct {
 	image  string
 	limits Limits
 	log    *slog.Logger
+	deps   *depsCache
 
 	// hook, if set (by tests), is called after each step of a run
 	// ("created", "copied", "started") with the container's ID.
@@ -102,7 +106,7 @@ func NewDocker(cfg DockerConfig) (*Docker, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Docker{cli: cli, image: img, limits: lim, log: log}, nil
+	return &Docker{cli: cli, image: img, limits: lim, log: log, deps: newDepsCache(cfg.Deps)}, nil
 }
 
 // Limits returns the identity and limits every test container runs with,
@@ -199,14 +203,34 @@ func (d *Docker) Run(ctx context.Context, spec jobs.Spec, out jobs.Output) (jobs
 	})
 	defer stopAfter()
 
-	if err := d.ensureImage(prep, log); err != nil {
+	imageID, err := d.ensureImage(prep, log)
+	if err != nil {
 		return jobs.Result{}, ctxErr(prep, err)
+	}
+
+	// The dependency phase, when the project has requirements. Unlike the
+	// steps around it, a detach interrupts it (it may take minutes): the
+	// job then runs again from the start under the next server.
+	image, deps := d.image, ""
+	if req := findRequirements(entries); req != nil {
+		if err := out.Phase(jobs.PhaseInstall); err != nil {
+			return jobs.Result{}, err
+		}
+		if deps, err = d.dependencies(ctx, spec, imageID, entries, req, out, log); err != nil {
+			return jobs.Result{}, ctxErr(ctx, err)
+		}
+		if err := out.Phase(jobs.PhaseTest); err != nil {
+			return jobs.Result{}, err
+		}
+		// The very image the venv was made for, even if the tag has
+		// moved since.
+		image = imageID
 	}
 
 	// Create on a context that is not canceled with ctx: a create that
 	// succeeds in the engine after its request was abandoned would leave a
 	// container whose ID we never learnt.
-	cfg, host := containerConfig(spec, d.image, d.limits)
+	cfg, host := containerConfig(spec, image, d.limits, deps)
 	createCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), removeTimeout)
 	created, err := d.cli.ContainerCreate(createCtx, cfg, host, nil, nil, "")
 	cancel()
@@ -247,7 +271,7 @@ const exitKilled = 137
 // follows it to its end. started reports whether the container was
 // started.
 func (d *Docker) run(ctx, prep context.Context, id string, entries []tarEntry, out jobs.Output, log *slog.Logger) (res jobs.Result, started bool, err error) {
-	if err := d.copyProject(prep, id, entries); err != nil {
+	if err := d.copyProject(prep, id, entries, 0, 0); err != nil {
 		return jobs.Result{}, false, err
 	}
 	if err := d.copyResults(prep, id); err != nil {
@@ -415,6 +439,11 @@ func (d *Docker) result(ctx context.Context, id string, out jobs.Output, log *sl
 		limit = info.HostConfig.Memory
 	}
 	res := jobs.Result{ExitCode: info.State.ExitCode, MemoryLimit: limit}
+	if res.ExitCode == exitNoPytest {
+		if _, err := d.readFile(ctx, id, NoPytestFile, 0); err == nil {
+			return jobs.Result{}, d.noPytest(info.HostConfig)
+		}
+	}
 	oom := info.State.OOMKilled
 	switch {
 	case oom && res.ExitCode == exitKilled:
@@ -435,6 +464,21 @@ func (d *Docker) result(ctx context.Context, id string, out jobs.Output, log *sl
 		log.Info("OOM kill in the container", "pytest_killed", res.OOMKilled)
 	}
 	return res, nil
+}
+
+// noPytest returns the error of a test container (of host) in which pytest
+// could not be imported.
+func (d *Docker) noPytest(host *container.HostConfig) error {
+	why := "the project has no " + RequirementsFile + " to install it"
+	if host != nil {
+		for _, m := range host.Mounts {
+			if m.Target == DepsDir {
+				why = "its " + RequirementsFile + " does not install it"
+			}
+		}
+	}
+	return fmt.Errorf("pytest cannot be imported: the image %q does not have it and %s; "+
+		"add pytest to %s (or run ci-server with an --image that has pytest)", d.image, why, RequirementsFile)
 }
 
 // The bounds of a graceful stop, on top of the grace itself.
@@ -488,12 +532,12 @@ func (d *Docker) stop(ctx context.Context, id string, closeStream func(), copied
 var errCopyAborted = errors.New("copy aborted")
 
 // copyProject streams the project into the container's /workspace as a tar
-// made on the fly from the zip.
-func (d *Docker) copyProject(ctx context.Context, id string, entries []tarEntry) error {
+// made on the fly from the zip, owned by uid:gid.
+func (d *Docker) copyProject(ctx context.Context, id string, entries []tarEntry, uid, gid int) error {
 	pr, pw := io.Pipe()
 	written := make(chan error, 1)
 	go func() {
-		err := writeTar(pw, entries)
+		err := writeTarAs(pw, entries, uid, gid)
 		pw.CloseWithError(err)
 		written <- err
 	}()
@@ -509,26 +553,30 @@ func (d *Docker) copyProject(ctx context.Context, id string, entries []tarEntry)
 }
 
 // ensureImage makes sure d.image is present in the engine, pulling it if
-// it is missing.
-func (d *Docker) ensureImage(ctx context.Context, log *slog.Logger) error {
-	_, err := d.cli.ImageInspect(ctx, d.image)
+// it is missing, and returns its ID.
+func (d *Docker) ensureImage(ctx context.Context, log *slog.Logger) (string, error) {
+	info, err := d.cli.ImageInspect(ctx, d.image)
 	if err == nil {
-		return nil
+		return info.ID, nil
 	}
 	if !cerrdefs.IsNotFound(err) {
-		return fmt.Errorf("inspect image %q: %w", d.image, err)
+		return "", fmt.Errorf("inspect image %q: %w", d.image, err)
 	}
 	log.Info("pulling image", "image", d.image)
 	if err := d.pull(ctx); err != nil {
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return "", ctx.Err()
 		}
-		return fmt.Errorf("image %q is not available and could not be pulled (%v); "+
+		return "", fmt.Errorf("image %q is not available and could not be pulled (%v); "+
 			"build a local one with scripts/build-image and start ci-server with --image ci-python:latest",
 			d.image, err)
 	}
 	log.Info("pulled image", "image", d.image)
-	return nil
+	info, err = d.cli.ImageInspect(ctx, d.image)
+	if err != nil {
+		return "", fmt.Errorf("inspect image %q: %w", d.image, err)
+	}
+	return info.ID, nil
 }
 
 // pull pulls d.image, reading the progress stream to its end; errors are

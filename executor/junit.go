@@ -106,7 +106,13 @@ func (d *Docker) report(ctx context.Context, id string, files []string, log *slo
 // readReport returns the content of ReportFile in container id, which must
 // be a regular file of at most maxReport bytes.
 func (d *Docker) readReport(ctx context.Context, id string) ([]byte, error) {
-	rc, _, err := d.cli.CopyFromContainer(ctx, id, ReportFile)
+	return d.readFile(ctx, id, ReportFile, maxReport)
+}
+
+// readFile returns the content of file in container id (which may have
+// exited), a regular file of at most max bytes.
+func (d *Docker) readFile(ctx context.Context, id, file string, max int64) ([]byte, error) {
+	rc, _, err := d.cli.CopyFromContainer(ctx, id, file)
 	if err != nil {
 		return nil, err
 	}
@@ -114,20 +120,20 @@ func (d *Docker) readReport(ctx context.Context, id string) ([]byte, error) {
 	tr := tar.NewReader(rc)
 	hdr, err := tr.Next()
 	if err != nil {
-		return nil, fmt.Errorf("report archive: %w", err)
+		return nil, fmt.Errorf("%s: archive: %w", file, err)
 	}
 	switch {
 	case hdr.Typeflag != tar.TypeReg:
-		return nil, fmt.Errorf("report %s is not a regular file (type %q)", hdr.Name, hdr.Typeflag)
-	case hdr.Size > maxReport:
-		return nil, fmt.Errorf("report is %d bytes, more than %d", hdr.Size, maxReport)
+		return nil, fmt.Errorf("%s is not a regular file (type %q)", file, hdr.Typeflag)
+	case hdr.Size > max:
+		return nil, fmt.Errorf("%s is %d bytes, more than %d", file, hdr.Size, max)
 	}
-	b, err := io.ReadAll(io.LimitReader(tr, maxReport+1))
+	b, err := io.ReadAll(io.LimitReader(tr, max+1))
 	if err != nil {
-		return nil, fmt.Errorf("report archive: %w", err)
+		return nil, fmt.Errorf("%s: archive: %w", file, err)
 	}
-	if len(b) > maxReport {
-		return nil, fmt.Errorf("report is more than %d bytes", maxReport)
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("%s is more than %d bytes", file, max)
 	}
 	return b, nil
 }

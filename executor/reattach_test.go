@@ -522,7 +522,7 @@ func TestDockerReattachNeverStarted(t *testing.T) {
 	d := newTestDocker(t, testImage(), true)
 	spec := newSpec(t, map[string]string{"test_ok.py": "def test_ok():\n    pass\n"})
 	t.Cleanup(func() { cleanupJob(d, spec.JobID) })
-	cfg, host := containerConfig(spec, d.image, d.limits)
+	cfg, host := containerConfig(spec, d.image, d.limits, "")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	created, err := d.cli.ContainerCreate(ctx, cfg, host, nil, nil, "")

@@ -30,6 +30,9 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if len(os.Args) > 1 && os.Args[1] == "deps" {
+		os.Exit(depsCommand(ctx, os.Args[2:], os.Stdout, os.Stderr))
+	}
 	m := NewMain()
 	if err := m.ParseFlags(os.Args[1:], os.Stderr); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -75,7 +78,12 @@ type Main struct {
 	Pids      int64
 	TmpfsSize int64
 	StopGrace time.Duration
-	LogLevel  string
+	// The dependency phase: the install containers' network and the
+	// cache's limits (0: no limit).
+	InstallNetwork string
+	DepsCacheMax   int
+	DepsCacheSize  int64
+	LogLevel       string
 
 	// Log is the server's logger; ParseFlags sets a text logger on stderr
 	// at LogLevel when it is nil.
@@ -105,7 +113,11 @@ func NewMain() *Main {
 		MaxOutput:   jobs.DefaultMaxOutput,
 		MaxFiles:    jobs.DefaultMaxFiles,
 		MaxUnpacked: jobs.DefaultMaxUnpacked,
-		LogLevel:    "info",
+		// Each entry is a venv: mostly tens to hundreds of MiB.
+		InstallNetwork: executor.DefaultInstallNetwork,
+		DepsCacheMax:   50,
+		DepsCacheSize:  10 << 30,
+		LogLevel:       "info",
 	}
 }
 
@@ -134,9 +146,16 @@ func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
 	fs.Int64Var(&m.Pids, "pids", 512, "most processes in a test container")
 	fs.Int64Var(&m.TmpfsSize, "tmpfs-size", 512<<20, "size of the writable /tmp of a test container in bytes")
 	fs.DurationVar(&m.StopGrace, "stop-grace", 5*time.Second, "time between SIGTERM and SIGKILL when a job is canceled or times out")
+	fs.StringVar(&m.InstallNetwork, "install-network", m.InstallNetwork,
+		"Docker network of the containers that install requirements.txt (\"none\" for offline setups with local wheels)")
+	fs.IntVar(&m.DepsCacheMax, "deps-cache-max", m.DepsCacheMax,
+		"most dependency sets (venvs) kept; past it the least recently used go (0: no limit)")
+	fs.Int64Var(&m.DepsCacheSize, "deps-cache-size", m.DepsCacheSize,
+		"most bytes the kept venvs may take together, the same way (0: no limit)")
 	fs.StringVar(&m.LogLevel, "log-level", m.LogLevel, "log level: debug, info, warn or error")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: ci-server [flags]\n\nRuns the ci service. Flags:\n%s", fs.FlagUsages())
+		fmt.Fprintf(stderr, "Usage: ci-server [flags]\n       ci-server deps list|prune [flags]\n\n"+
+			"Runs the ci service (see ci-server deps --help for the dependency cache). Flags:\n%s", fs.FlagUsages())
 	}
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -173,6 +192,12 @@ func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
 	}
 	if m.Image == "" {
 		return errors.New("--image must not be empty")
+	}
+	if m.InstallNetwork == "" {
+		return errors.New("--install-network must not be empty (\"none\" for no network)")
+	}
+	if m.DepsCacheMax < 0 || m.DepsCacheSize < 0 {
+		return errors.New("--deps-cache-max and --deps-cache-size must not be negative (0: no limit)")
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(m.LogLevel)); err != nil {
@@ -214,6 +239,7 @@ func (m *Main) Run(ctx context.Context) error {
 			Pids:      m.Pids,
 			TmpfsSize: m.TmpfsSize,
 			StopGrace: m.StopGrace,
+			Deps:      depsConfig(m.DataDir, m.InstallNetwork, m.DepsCacheMax, m.DepsCacheSize),
 			Logger:    m.Log.With("component", "docker"),
 		})
 		if err != nil {
@@ -304,6 +330,17 @@ func (m *Main) Close() error {
 		errs = append(errs, m.store.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// depsConfig returns the dependency phase's configuration: its usage file
+// lives in the data dir.
+func depsConfig(dataDir, network string, max int, size int64) executor.DepsConfig {
+	return executor.DepsConfig{
+		Network:    network,
+		MaxEntries: max,
+		MaxBytes:   size,
+		StateFile:  filepath.Join(dataDir, "deps-usage.json"),
+	}
 }
 
 // secrets lists the values masked in job output.

@@ -106,3 +106,46 @@ func TestTokenFromEnvNotInHelp(t *testing.T) {
 		t.Fatalf("help shows the token or lacks --token:\n%s", help.String())
 	}
 }
+
+func TestParseFlagsDeps(t *testing.T) {
+	m := NewMain()
+	if m.InstallNetwork != "bridge" || m.DepsCacheMax <= 0 || m.DepsCacheSize <= 0 {
+		t.Fatalf("defaults: network %q, max %d, size %d", m.InstallNetwork, m.DepsCacheMax, m.DepsCacheSize)
+	}
+	err := m.ParseFlags([]string{"--install-network", "none", "--deps-cache-max", "3", "--deps-cache-size", "0"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.InstallNetwork != "none" || m.DepsCacheMax != 3 || m.DepsCacheSize != 0 {
+		t.Fatalf("parsed network %q, max %d, size %d", m.InstallNetwork, m.DepsCacheMax, m.DepsCacheSize)
+	}
+	for _, bad := range [][]string{{"--install-network", ""}, {"--deps-cache-max", "-1"}, {"--deps-cache-size", "-5"}} {
+		if err := NewMain().ParseFlags(bad, io.Discard); err == nil {
+			t.Errorf("ParseFlags(%q) succeeded, want an error", bad)
+		}
+	}
+}
+
+func TestDepsCommandUsage(t *testing.T) {
+	for _, args := range [][]string{{}, {"frobnicate"}, {"list", "extra"}, {"--nope", "list"}} {
+		var stderr strings.Builder
+		if code := depsCommand(context.Background(), args, io.Discard, &stderr); code != 64 {
+			t.Errorf("deps %q: exit %d, want 64", args, code)
+		}
+		if stderr.Len() == 0 {
+			t.Errorf("deps %q: no message", args)
+		}
+	}
+	var stderr strings.Builder
+	if code := depsCommand(context.Background(), []string{"--help"}, io.Discard, &stderr); code != 0 || !strings.Contains(stderr.String(), "ci-server deps prune") {
+		t.Errorf("deps --help: exit %d, %q", code, stderr.String())
+	}
+}
+
+func TestHumanBytes(t *testing.T) {
+	for n, want := range map[int64]string{0: "0 B", 1023: "1023 B", 1536: "1.5 KiB", 96 << 20: "96.0 MiB", 3 << 30: "3.0 GiB"} {
+		if got := humanBytes(n); got != want {
+			t.Errorf("humanBytes(%d)=%q, want %q", n, got, want)
+		}
+	}
+}
