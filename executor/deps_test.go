@@ -14,6 +14,7 @@ import (
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/image"
 
 	"ci/internal/testwheel"
 	"ci/jobs"
@@ -369,4 +370,76 @@ func countReady(list []DepsEntry) int {
 		}
 	}
 	return n
+}
+
+// noPytestImage makes, from the test image, an image whose python cannot
+// import pytest, and removes it when the test ends.
+func noPytestImage(t *testing.T, d *Docker) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	tag := "ci-test-nopytest:" + newJobID(t)[5:]
+	created, err := d.cli.ContainerCreate(ctx, &container.Config{
+		Image: testImage(),
+		User:  "0:0",
+		Cmd: []string{"python3", "-c", "import os, shutil, pytest, _pytest\n" +
+			"for m in (pytest, _pytest): shutil.rmtree(os.path.dirname(m.__file__))"},
+	}, &container.HostConfig{NetworkMode: "none"}, nil, nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.cli.ContainerRemove(context.Background(), created.ID, container.RemoveOptions{Force: true})
+	waited := d.wait(ctx, created.ID, container.WaitConditionNextExit)
+	if err := d.cli.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if w := <-waited; w.err != nil || w.resp.StatusCode != 0 {
+		t.Fatalf("removing pytest from the image: %+v", w)
+	}
+	if _, err := d.cli.ContainerCommit(ctx, created.ID, container.CommitOptions{Reference: tag}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		d.cli.ImageRemove(context.Background(), tag, image.RemoveOptions{Force: true, PruneChildren: true})
+	})
+	return tag
+}
+
+// TestDockerNoPytest checks that an image without pytest gives a job error
+// that says so (with or without requirements), and that pytest from the
+// requirements counts.
+func TestDockerNoPytest(t *testing.T) {
+	base, _ := newDepsDocker(t, DockerConfig{})
+	img := noPytestImage(t, base)
+	d, _ := newDepsDocker(t, DockerConfig{Image: img})
+
+	_, rec, err := runDeps(t, d, newSpec(t, map[string]string{"test_a.py": "def test_a(): pass\n"}))
+	if err == nil || !strings.Contains(err.Error(), "pytest cannot be imported") || !strings.Contains(err.Error(), "has no requirements.txt") {
+		t.Fatalf("Run without requirements: %v, want the no-pytest error", err)
+	}
+	if !strings.Contains(rec.text(jobs.StreamStderr), "ci: pytest cannot be imported") {
+		t.Fatalf("stderr %q: want the launcher's message", rec.text(jobs.StreamStderr))
+	}
+
+	files := depsProject(t, "p"+newJobID(t)[5:], nil)
+	_, _, err = runDeps(t, d, newSpec(t, files))
+	if err == nil || !strings.Contains(err.Error(), "its requirements.txt does not install it") {
+		t.Fatalf("Run with requirements without pytest: %v, want the no-pytest error", err)
+	}
+
+	// A "pytest" from the requirements: the venv's is the one that runs.
+	name, whl, err := testwheel.Build("pytest", "99.0", map[string]string{
+		"pytest/__init__.py": "",
+		"pytest/__main__.py": "import sys\nprint('stand-in pytest', sys.argv[1:3])\n",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	files["wheels/"+name] = string(whl)
+	files["requirements.txt"] += "./wheels/" + name + "\n"
+	res, rec, err := runDeps(t, d, newSpec(t, files))
+	mustPass(t, res, rec, err)
+	if out := rec.phaseText(jobs.PhaseTest, jobs.StreamStdout); !strings.Contains(out, "stand-in pytest ['--junitxml=/ci-results/junit/report.xml', '-o']") {
+		t.Fatalf("test output %q: want the requirements' pytest, run with ci's arguments", out)
+	}
 }
