@@ -52,7 +52,10 @@ const exitNoPytest = 119
 // python -c): pytest, started as "python -m pytest" would start it (runpy
 // with alter_sys), or, if pytest cannot be imported at all, a message that
 // says so in plain words instead of a bare "No module named pytest", the
-// NoPytestFile marker and exit code exitNoPytest.
+// NoPytestFile marker and exit code exitNoPytest. It also keeps pytest from
+// ending every job's output with "generated xml file: <ci's report>" (a
+// user's own --junitxml still gets its line); should pytest's internals
+// differ, that line simply stays.
 var pytestLauncher = `import importlib.util, runpy, sys
 if importlib.util.find_spec("pytest") is None:
     sys.stderr.write("ci: pytest cannot be imported: the image does not have it and no requirements.txt installs it.\n"
@@ -62,6 +65,15 @@ if importlib.util.find_spec("pytest") is None:
     except OSError:
         pass
     sys.exit(` + strconv.Itoa(exitNoPytest) + `)
+try:
+    from _pytest.junitxml import LogXML
+    _summary = LogXML.pytest_terminal_summary
+    def _quiet(self, terminalreporter):
+        if self.logfile != "` + ReportFile + `":
+            _summary(self, terminalreporter)
+    LogXML.pytest_terminal_summary = _quiet
+except Exception:
+    pass
 runpy.run_module("pytest", run_name="__main__", alter_sys=True)
 `
 

@@ -487,3 +487,23 @@ func assertGone(t *testing.T, d *Docker, jobID, id string, volumes []string) {
 		}
 	}
 }
+
+// TestDockerNoReportLine checks that ci's own JUnit report does not add
+// pytest's "generated xml file" line to the output, while a user's
+// --junitxml still gets it.
+func TestDockerNoReportLine(t *testing.T) {
+	d := newTestDocker(t, testImage(), true)
+	files := map[string]string{"test_a.py": "def test_a(): pass\n"}
+	res, rec := mustRun(t, d, newSpec(t, files))
+	out := rec.text(jobs.StreamStdout)
+	if res.ExitCode != 0 || !strings.Contains(out, "1 passed") || strings.Contains(out, "generated xml file") {
+		t.Fatalf("exit %d, output %q: want a pass without ci's report line", res.ExitCode, out)
+	}
+	if res.Report == nil || len(res.Report.Tests) != 1 {
+		t.Fatalf("report %+v: want ci's report still written", res.Report)
+	}
+	_, rec = mustRun(t, d, newSpec(t, files, "--junitxml=/tmp/mine.xml"))
+	if out := rec.text(jobs.StreamStdout); !strings.Contains(out, "generated xml file: /tmp/mine.xml") {
+		t.Fatalf("output %q: want the line for the user's own report", out)
+	}
+}
