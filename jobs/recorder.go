@@ -35,9 +35,10 @@ const (
 // larger events without delaying anything: merging happens only while the
 // writer is busy anyway.
 type recorder struct {
-	store  Store
-	broker *Broker
-	log    *slog.Logger
+	store   Store
+	broker  *Broker
+	metrics Metrics
+	log     *slog.Logger
 
 	mu           sync.Mutex
 	cond         *sync.Cond // signals: pending drained, or closing
@@ -66,14 +67,15 @@ type pendingEvent struct {
 
 // newRecorder starts the writer of job's event log; job.LastSeq must be the
 // seq of its last persisted event.
-func newRecorder(store Store, broker *Broker, log *slog.Logger, job *Job) *recorder {
+func newRecorder(store Store, broker *Broker, metrics Metrics, log *slog.Logger, job *Job) *recorder {
 	r := &recorder{
-		store:  store,
-		broker: broker,
-		log:    log,
-		job:    *job,
-		wake:   make(chan struct{}, 1),
-		done:   make(chan struct{}),
+		store:   store,
+		broker:  broker,
+		metrics: metrics,
+		log:     log,
+		job:     *job,
+		wake:    make(chan struct{}, 1),
+		done:    make(chan struct{}),
 	}
 	r.job.Args = append([]string(nil), job.Args...)
 	r.saved = r.job
@@ -248,6 +250,7 @@ func (r *recorder) run() {
 			r.cond.Broadcast()
 			r.mu.Unlock()
 
+			start := time.Now()
 			if err := r.commit(&snap, batch); err != nil {
 				r.mu.Lock()
 				r.err = err
@@ -256,6 +259,14 @@ func (r *recorder) run() {
 				r.mu.Unlock()
 				r.log.Error("record events", "job", snap.ID, "err", err)
 				continue
+			}
+			// Measured before the batch is published: a follower told of
+			// a job's end finds it counted.
+			r.metrics.EventsPersisted(n, time.Since(start))
+			for i := range changes {
+				if changes[i].Status.Terminal() {
+					r.metrics.JobFinished(&changes[i])
+				}
 			}
 			r.broker.Publish(snap.ID, batch)
 			for _, change := range changes {

@@ -73,7 +73,7 @@ func TestRecorderConcurrentEmittersGapless(t *testing.T) {
 	st := newMemStore()
 	job := newTestJob(t, st)
 	b := NewBroker()
-	rec := newRecorder(st, b, slog.New(slog.DiscardHandler), job)
+	rec := newRecorder(st, b, nopMetrics{}, slog.New(slog.DiscardHandler), job)
 
 	const writers, perWriter = 8, 500
 	var wg sync.WaitGroup
@@ -134,7 +134,7 @@ func TestRecorderPersistsBeforePublishing(t *testing.T) {
 	b := NewBroker()
 	sub := b.Subscribe(job.ID, 100000)
 	defer sub.Close()
-	rec := newRecorder(st, b, slog.New(slog.DiscardHandler), job)
+	rec := newRecorder(st, b, nopMetrics{}, slog.New(slog.DiscardHandler), job)
 	for i := range 2000 {
 		if err := rec.Log(StreamStdout, fmt.Sprintf("%d ", i), nil); err != nil {
 			t.Fatal(err)
@@ -172,7 +172,7 @@ func TestRecorderGroupCommit(t *testing.T) {
 			<-release // hold the first commit open while more output arrives
 		}
 	}
-	rec := newRecorder(st, NewBroker(), slog.New(slog.DiscardHandler), job)
+	rec := newRecorder(st, NewBroker(), nopMetrics{}, slog.New(slog.DiscardHandler), job)
 	rec.Log(StreamStdout, "start\n", nil)
 	// Wait until the writer is inside the first commit, so everything below
 	// queues behind it.

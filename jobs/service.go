@@ -43,6 +43,8 @@ type Config struct {
 	Secrets []string
 	// Logger receives the service's logs; nil discards them.
 	Logger *slog.Logger
+	// Metrics receives the service's measurements; nil measures nothing.
+	Metrics Metrics
 }
 
 // Defaults of the output cap.
@@ -81,6 +83,7 @@ type Service struct {
 	broker   *Broker
 	cfg      Config
 	log      *slog.Logger
+	metrics  Metrics
 
 	mu      sync.Mutex
 	queue   []string               // IDs of queued jobs, oldest first
@@ -121,6 +124,10 @@ func NewService(store Store, archives Archives, exec Executor, cfg Config) *Serv
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	metrics := cfg.Metrics
+	if metrics == nil {
+		metrics = nopMetrics{}
+	}
 	ctx, cancel := context.WithCancelCause(context.Background())
 	return &Service{
 		store:         store,
@@ -129,6 +136,7 @@ func NewService(store Store, archives Archives, exec Executor, cfg Config) *Serv
 		broker:        NewBroker(),
 		cfg:           cfg,
 		log:           log,
+		metrics:       metrics,
 		queued:        make(chan struct{}, 1),
 		running:       make(map[string]*runningJob),
 		canceledEarly: make(map[string]bool),
@@ -160,7 +168,7 @@ func (s *Service) Start(ctx context.Context) error {
 			s.log.Info("re-attaching job left running by a previous server", "job", job.ID)
 			continue
 		}
-		rec := newRecorder(s.store, s.broker, s.log, job)
+		rec := newRecorder(s.store, s.broker, s.metrics, s.log, job)
 		err := rec.Status(StatusError, func(j *Job) {
 			now := time.Now().UTC()
 			j.FinishedAt = &now
@@ -257,6 +265,7 @@ func (s *Service) Submit(ctx context.Context, r io.Reader, opts SubmitOptions) (
 		return nil, fmt.Errorf("create job: %w", err)
 	}
 	s.log.Info("job queued", "job", job.ID, "size", size, "args", job.Args)
+	s.metrics.JobSubmitted()
 	s.broker.PublishJob(*job)
 	s.mu.Lock()
 	s.queue = append(s.queue, job.ID)
@@ -304,6 +313,7 @@ func (s *Service) Follow(ctx context.Context, id string, after int64, fn func(Ev
 		if done || err != nil {
 			return err
 		}
+		s.metrics.FollowOverflowed()
 	}
 }
 
@@ -381,6 +391,7 @@ func (s *Service) WatchJobs(ctx context.Context, limit int, fn func(snapshot []*
 		if err != nil {
 			return err
 		}
+		s.metrics.WatchOverflowed()
 	}
 }
 
@@ -548,7 +559,7 @@ func (s *Service) cancelQueued(ctx context.Context, id string) (*Job, error) {
 	if err != nil {
 		return nil, err
 	}
-	rec := newRecorder(s.store, s.broker, s.log, job)
+	rec := newRecorder(s.store, s.broker, s.metrics, s.log, job)
 	now := time.Now().UTC()
 	err = rec.Status(StatusCanceled, func(j *Job) {
 		j.FinishedAt = &now
@@ -574,7 +585,7 @@ func (s *Service) run(ctx context.Context, job *Job, reattach bool) {
 	if !reattach && errors.Is(context.Cause(ctx), ErrDetach) {
 		return // shutting down before it started: it stays queued
 	}
-	rec := newRecorder(s.store, s.broker, log, job)
+	rec := newRecorder(s.store, s.broker, s.metrics, log, job)
 
 	started := time.Now().UTC()
 	if reattach && job.StartedAt != nil {
@@ -601,6 +612,11 @@ func (s *Service) run(ctx context.Context, job *Job, reattach bool) {
 		reattach, stored = false, Offsets{}
 	}
 	out := newRecordOutput(rec, s.cfg, stored)
+	if !reattach {
+		// Phases are timed from here; a re-attached job's began under
+		// the previous server.
+		out.metrics, out.phaseStart = s.metrics, time.Now()
+	}
 	spec := Spec{JobID: job.ID, Archive: s.archives.Path(job.Archive), Args: job.Args}
 	var res Result
 	var err error
@@ -623,6 +639,7 @@ func (s *Service) run(ctx context.Context, job *Job, reattach bool) {
 		return
 	}
 	out.flush()
+	out.endPhase()
 
 	status, exitCode, reason := outcome(res, err, cause, timeout)
 	if res.Report != nil && err == nil {
@@ -747,6 +764,13 @@ type recordOutput struct {
 	dropped        int64 // bytes dropped for good
 	tail           []tailChunk
 	tailBytes      int64
+
+	// phase is the phase announced last ("" before any) and phaseStart
+	// when it began, or the run's start; zero when phases are not
+	// measured. metrics receives their durations.
+	phase      string
+	phaseStart time.Time
+	metrics    Metrics
 }
 
 // tailChunk is output held back past the limit.
@@ -829,9 +853,30 @@ func (o *recordOutput) record(stream, text string) error {
 // first, and the output offsets start again from 0, since they count the
 // test process's bytes (what Reattach replays).
 func (o *recordOutput) Phase(name string) error {
+	if !o.phaseStart.IsZero() {
+		now := time.Now()
+		if o.phase != "" { // before the first phase, the time is no phase's
+			o.metrics.PhaseEnded(o.phase, now.Sub(o.phaseStart))
+		}
+		o.phase, o.phaseStart = name, now
+	}
 	o.flush()
 	o.consumed, o.skip = [2]int64{}, [2]int64{}
 	return o.rec.Phase(name, Offsets{})
+}
+
+// endPhase reports the duration of the phase the job ends in: the test
+// phase when none was announced.
+func (o *recordOutput) endPhase() {
+	if o.phaseStart.IsZero() {
+		return
+	}
+	phase := o.phase
+	if phase == "" {
+		phase = PhaseTest
+	}
+	o.metrics.PhaseEnded(phase, time.Since(o.phaseStart))
+	o.phaseStart = time.Time{}
 }
 
 // flush records what the splitters and maskers hold back and the tail kept
