@@ -35,6 +35,22 @@ const (
 	DefaultWriteTimeout = 10 * time.Second
 )
 
+// The kinds of stream a Handler serves, as Metrics names them.
+const (
+	StreamEvents = "events" // a job's events (ServeHTTP)
+	StreamJobs   = "jobs"   // the job list feed (ServeJobs)
+)
+
+// Metrics receives a Handler's measurements. Its methods must be safe for
+// concurrent use and must not block.
+type Metrics interface {
+	// StreamOpened is called when a WebSocket stream of kind
+	// (StreamEvents or StreamJobs) is upgraded, and StreamClosed when it
+	// has ended, once per opened stream.
+	StreamOpened(kind string)
+	StreamClosed(kind string)
+}
+
 // Handler serves GET /api/v1/jobs/{id}/events?after=N. It expects the job
 // ID in the request's "id" path value.
 type Handler struct {
@@ -46,6 +62,9 @@ type Handler struct {
 	// WriteTimeout bounds every single write, so a dead peer can't hold a
 	// stream forever.
 	WriteTimeout time.Duration
+	// Metrics, when set before the handler serves, counts its open
+	// streams.
+	Metrics Metrics
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -104,7 +123,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	log := h.log.With("job", id)
 	log.Debug("events stream opened", "after", after)
-	h.stream(w, r, log, func(ctx context.Context, write func(v any) error) error {
+	h.stream(w, r, StreamEvents, log, func(ctx context.Context, write func(v any) error) error {
 		return h.src.Follow(ctx, id, after, func(ev jobs.Event) error { return write(ev) })
 	})
 }
@@ -145,7 +164,7 @@ func (h *Handler) ServeJobs(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, jobs.EUNAVAILABLE, "server is shutting down")
 		return
 	}
-	h.stream(w, r, h.log.With("stream", "jobs"), func(ctx context.Context, write func(v any) error) error {
+	h.stream(w, r, StreamJobs, h.log.With("stream", "jobs"), func(ctx context.Context, write func(v any) error) error {
 		return h.src.WatchJobs(ctx, limit, func(snapshot []*jobs.Job, change *jobs.Job) error {
 			if change != nil {
 				return write(changeMessage{Type: "job", Job: change})
@@ -157,8 +176,9 @@ func (h *Handler) ServeJobs(w http.ResponseWriter, r *http.Request) {
 
 // stream upgrades the request and runs produce, which writes JSON messages
 // with write until it returns. A nil return closes the stream normally
-// (1000); server shutdown closes it with 1001.
-func (h *Handler) stream(w http.ResponseWriter, r *http.Request, log *slog.Logger, produce func(ctx context.Context, write func(v any) error) error) {
+// (1000); server shutdown closes it with 1001. kind names the stream for
+// Metrics.
+func (h *Handler) stream(w http.ResponseWriter, r *http.Request, kind string, log *slog.Logger, produce func(ctx context.Context, write func(v any) error) error) {
 	// Browsers that send a token as a subprotocol (see api) must get one
 	// protocol back, or they drop the connection.
 	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{Subprotocols: []string{Subprotocol}})
@@ -167,6 +187,10 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, log *slog.Logge
 	}
 	h.wg.Add(1)
 	defer h.wg.Done()
+	if h.Metrics != nil {
+		h.Metrics.StreamOpened(kind)
+		defer h.Metrics.StreamClosed(kind)
+	}
 	defer c.CloseNow()
 
 	// We only write; CloseRead handles the client's control frames and

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -77,7 +78,14 @@ func testEvents() []jobs.Event {
 
 func serve(t *testing.T, src ws.Source) (*httptest.Server, *ws.Handler) {
 	t.Helper()
+	return serveMeasured(t, src, nil)
+}
+
+// serveMeasured is serve with the handler's Metrics set to m.
+func serveMeasured(t *testing.T, src ws.Source, m ws.Metrics) (*httptest.Server, *ws.Handler) {
+	t.Helper()
 	h := ws.NewHandler(src, nil)
+	h.Metrics = m
 	mux := http.NewServeMux()
 	mux.Handle("GET /api/v1/jobs/{id}/events", h)
 	mux.HandleFunc("GET /api/v1/events", h.ServeJobs)
@@ -237,4 +245,66 @@ func TestJobsFeedBadLimit(t *testing.T) {
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Fatalf("status %d, want 400", resp.StatusCode)
 	}
+}
+
+// streamCounter counts open streams by kind.
+type streamCounter struct {
+	mu   sync.Mutex
+	open map[string]int
+}
+
+func (c *streamCounter) StreamOpened(kind string) { c.add(kind, 1) }
+func (c *streamCounter) StreamClosed(kind string) { c.add(kind, -1) }
+
+func (c *streamCounter) add(kind string, d int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.open[kind] += d
+}
+
+func (c *streamCounter) is(events, jobs int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.open[ws.StreamEvents] == events && c.open[ws.StreamJobs] == jobs
+}
+
+// waitOpen waits until c counts events and jobs streams open.
+func waitOpen(t *testing.T, c *streamCounter, events, jobs int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !c.is(events, jobs) {
+		if time.Now().After(deadline) {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			t.Fatalf("open streams %v, want %d events and %d jobs", c.open, events, jobs)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestMetricsCountOpenStreams checks that each kind of stream is counted
+// while it is open, whichever side ends it.
+func TestMetricsCountOpenStreams(t *testing.T) {
+	src := &stubSource{events: testEvents(), release: make(chan struct{})}
+	m := &streamCounter{open: map[string]int{}}
+	srv, _ := serveMeasured(t, src, m)
+	events, _, err := dial(t, srv, "/api/v1/jobs/j1/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	feed, _, err := dial(t, srv, "/api/v1/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOpen(t, m, 1, 1)
+	if resp, err := http.Get(srv.URL + "/api/v1/jobs/nope/events"); err == nil {
+		resp.Body.Close() // refused before the upgrade: never counted
+	}
+	close(src.release) // the job ends: the server closes the stream
+	if _, status := readAll(t, events); status != websocket.StatusNormalClosure {
+		t.Fatalf("close status %v, want 1000", status)
+	}
+	waitOpen(t, m, 0, 1)
+	feed.Close(websocket.StatusNormalClosure, "bye") // the client leaves
+	waitOpen(t, m, 0, 0)
 }
