@@ -1,5 +1,6 @@
 // Package api routes ci-server's HTTP API: job upload, status, list, log
-// text and health. It mounts the WebSocket event streams and the web UI.
+// text, health and metrics. It mounts the WebSocket event streams, the
+// metrics handler and the web UI.
 package api
 
 import (
@@ -39,6 +40,11 @@ type Config struct {
 	JobEvents http.Handler
 	// UI serves the web pages: GET / and GET /jobs/{id}.
 	UI http.Handler
+	// Metrics serves GET /metrics (Prometheus). Like an API read, it needs
+	// the token when Private is set.
+	Metrics http.Handler
+	// Uploads, when set, receives measurements of uploads.
+	Uploads UploadMetrics
 	// MaxUpload is the largest accepted archive in bytes; 0 means
 	// DefaultMaxUpload.
 	MaxUpload int64
@@ -53,6 +59,25 @@ type Config struct {
 	// Logger receives request errors; nil discards them.
 	Logger *slog.Logger
 }
+
+// UploadMetrics receives measurements of uploads. Its methods must be safe
+// for concurrent use and must not block.
+type UploadMetrics interface {
+	// UploadReceived counts the bytes of an upload's body the server read,
+	// whether the upload was accepted or not; once per upload.
+	UploadReceived(bytes int64)
+	// UploadRejected counts an upload refused for reason, one of the
+	// Reject constants.
+	UploadRejected(reason string)
+}
+
+// Why an upload is refused, as UploadMetrics names it.
+const (
+	RejectUnsupportedType = "unsupported_type" // 415: not a zip content type
+	RejectTooLarge        = "too_large"        // 413: larger than MaxUpload
+	RejectInvalid         = "invalid"          // 400: not a zip, unsafe entries, too many files, unpacks too big, bad options
+	RejectQueueFull       = "queue_full"       // 503: the queue is full
+)
 
 // DefaultMaxUpload is the default limit on an uploaded archive.
 const DefaultMaxUpload = 100 << 20
@@ -94,9 +119,14 @@ func NewHandler(svc Service, cfg Config) *Handler {
 		m.Handle("GET /api/v1/events", cfg.JobEvents)
 	}
 	m.HandleFunc("GET /healthz", h.health)
+	paths := []string{"/api/v1/jobs", "/api/v1/jobs/{id}", "/api/v1/jobs/{id}/log", "/api/v1/jobs/{id}/cancel", "/api/v1/jobs/{id}/tests", "/api/v1/jobs/{id}/events", "/api/v1/events", "/healthz"}
+	if cfg.Metrics != nil {
+		m.Handle("GET /metrics", cfg.Metrics)
+		paths = append(paths, "/metrics")
+	}
 	// Known paths with a wrong method, and unknown API paths, answer in
 	// JSON like every other API error.
-	for _, p := range []string{"/api/v1/jobs", "/api/v1/jobs/{id}", "/api/v1/jobs/{id}/log", "/api/v1/jobs/{id}/cancel", "/api/v1/jobs/{id}/tests", "/api/v1/jobs/{id}/events", "/api/v1/events", "/healthz"} {
+	for _, p := range paths {
 		m.HandleFunc(p, func(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusMethodNotAllowed, jobs.EINVALID, "method "+r.Method+" is not allowed on "+r.URL.Path)
 		})
@@ -123,8 +153,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // needsToken reports whether r must carry the token: API calls that change
-// state, and with Private every API call.
+// state, and with Private every API call and the metrics.
 func (h *Handler) needsToken(r *http.Request) bool {
+	if r.URL.Path == "/metrics" {
+		return h.cfg.Private
+	}
 	if !strings.HasPrefix(r.URL.Path, "/api/") {
 		return false // pages, health
 	}
@@ -213,11 +246,13 @@ func (h *Handler) submit(w http.ResponseWriter, r *http.Request) {
 	if ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || !zipTypes[mt] {
+			h.rejected(RejectUnsupportedType)
 			writeError(w, http.StatusUnsupportedMediaType, jobs.EINVALID, "upload must be a zip archive (Content-Type: application/zip), got "+strconv.Quote(ct))
 			return
 		}
 	}
 	if r.ContentLength > h.cfg.MaxUpload {
+		h.rejected(RejectTooLarge)
 		writeError(w, http.StatusRequestEntityTooLarge, jobs.EINVALID, tooLarge(h.cfg.MaxUpload))
 		return
 	}
@@ -225,27 +260,54 @@ func (h *Handler) submit(w http.ResponseWriter, r *http.Request) {
 	if s := r.URL.Query().Get("timeout"); s != "" {
 		d, err := parseTimeout(s)
 		if err != nil {
+			h.rejected(RejectInvalid)
 			writeError(w, http.StatusBadRequest, jobs.EINVALID, err.Error())
 			return
 		}
 		opts.Timeout = d
 	}
-	body := http.MaxBytesReader(w, r.Body, h.cfg.MaxUpload)
+	body := &countingReader{r: http.MaxBytesReader(w, r.Body, h.cfg.MaxUpload)}
 	job, err := h.svc.Submit(r.Context(), body, opts)
+	if h.cfg.Uploads != nil && body.n > 0 {
+		h.cfg.Uploads.UploadReceived(body.n)
+	}
 	if err != nil {
-		if jobs.ErrorCode(err) == jobs.EUNAVAILABLE {
-			w.Header().Set("Retry-After", "10")
-		}
 		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
+		switch code := jobs.ErrorCode(err); {
+		case errors.As(err, &mbe):
+			h.rejected(RejectTooLarge)
 			writeError(w, http.StatusRequestEntityTooLarge, jobs.EINVALID, tooLarge(h.cfg.MaxUpload))
 			return
+		case code == jobs.EUNAVAILABLE:
+			h.rejected(RejectQueueFull)
+			w.Header().Set("Retry-After", "10")
+		case code == jobs.EINVALID:
+			h.rejected(RejectInvalid)
 		}
 		h.error(w, r, err)
 		return
 	}
 	w.Header().Set("Location", "/api/v1/jobs/"+job.ID)
 	writeJSON(w, http.StatusCreated, h.view(r, job))
+}
+
+// rejected counts an upload refused for reason.
+func (h *Handler) rejected(reason string) {
+	if h.cfg.Uploads != nil {
+		h.cfg.Uploads.UploadRejected(reason)
+	}
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // parseTimeout reads a job time limit: a Go duration ("90s", "10m") or a

@@ -617,7 +617,8 @@ func TestQueueFullRetryAfter(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer svc.Close()
-	srv := httptest.NewServer(api.NewHandler(svc, api.Config{}))
+	u := &uploadCounter{rejected: map[string]int{}}
+	srv := httptest.NewServer(api.NewHandler(svc, api.Config{Uploads: u}))
 	defer srv.Close()
 	e := &env{srv: srv, svc: svc, archDir: archDir}
 
@@ -646,6 +647,9 @@ func TestQueueFullRetryAfter(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
 		t.Fatalf("status %d, Retry-After %q; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	if _, _, r := u.get(); r[api.RejectQueueFull] != 1 || len(r) != 1 {
+		t.Fatalf("rejected %v, want one queue_full", r)
 	}
 	svc.Cancel(context.Background(), running.ID)
 }
