@@ -68,7 +68,9 @@ type Handler struct {
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	mu     sync.Mutex
+	closed bool           // set by Close, guarded by mu
+	wg     sync.WaitGroup // open streams; Add only under mu while !closed
 }
 
 // NewHandler returns a handler serving events from src.
@@ -90,8 +92,23 @@ func NewHandler(src Source, log *slog.Logger) *Handler {
 // Close ends every open stream with status 1001 (going away), so clients
 // resume later or elsewhere, and waits for them to finish.
 func (h *Handler) Close() {
+	h.mu.Lock()
+	h.closed = true
+	h.mu.Unlock()
 	h.cancel()
 	h.wg.Wait()
+}
+
+// enter registers a stream about to open, for Close to wait for; false
+// when the handler is closed.
+func (h *Handler) enter() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return false
+	}
+	h.wg.Add(1)
+	return true
 }
 
 // ServeHTTP implements http.Handler.
@@ -179,14 +196,19 @@ func (h *Handler) ServeJobs(w http.ResponseWriter, r *http.Request) {
 // (1000); server shutdown closes it with 1001. kind names the stream for
 // Metrics.
 func (h *Handler) stream(w http.ResponseWriter, r *http.Request, kind string, log *slog.Logger, produce func(ctx context.Context, write func(v any) error) error) {
+	// Registered before the upgrade: Close must not start waiting while a
+	// stream is being added (a WaitGroup forbids that).
+	if !h.enter() {
+		writeError(w, http.StatusServiceUnavailable, jobs.EUNAVAILABLE, "server is shutting down")
+		return
+	}
+	defer h.wg.Done()
 	// Browsers that send a token as a subprotocol (see api) must get one
 	// protocol back, or they drop the connection.
 	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{Subprotocols: []string{Subprotocol}})
 	if err != nil {
 		return // Accept has written the HTTP error
 	}
-	h.wg.Add(1)
-	defer h.wg.Done()
 	if h.Metrics != nil {
 		h.Metrics.StreamOpened(kind)
 		defer h.Metrics.StreamClosed(kind)
