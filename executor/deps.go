@@ -186,6 +186,7 @@ func (d *Docker) dependencies(ctx context.Context, spec jobs.Spec, imageID strin
 		if ready {
 			d.deps.used.touch(key, time.Now())
 			log.Debug("dependencies cached")
+			d.metrics.DepsResolved(DepsCached)
 			return depsVolume(key), say("dependencies: cached (key %s…)\n", shortKey(key))
 		}
 		f, leader := d.deps.join(key, spec.JobID)
@@ -209,6 +210,9 @@ func (d *Docker) dependencies(ctx context.Context, spec jobs.Spec, imageID strin
 		ready, err = d.depsReady(ctx, key)
 		if err == nil && !ready {
 			err = d.install(ctx, spec, key, imageID, entries, out, log)
+			if err != nil && ctx.Err() == nil {
+				d.metrics.DepsResolved(DepsFailed)
+			}
 		}
 		d.deps.leave(key, f)
 		if err != nil {
@@ -219,8 +223,10 @@ func (d *Docker) dependencies(ctx context.Context, spec jobs.Spec, imageID strin
 			d.evict(ctx, key, log)
 		}
 		if ready {
+			d.metrics.DepsResolved(DepsCached)
 			return depsVolume(key), say("dependencies: cached (key %s…)\n", shortKey(key))
 		}
+		d.metrics.DepsResolved(DepsInstalled)
 		return depsVolume(key), nil
 	}
 }
@@ -380,9 +386,11 @@ func (d *Docker) runInstall(ctx context.Context, id string, entries []tarEntry, 
 	waitCtx, cancelWait := context.WithCancel(ctx)
 	defer cancelWait()
 	waited := d.wait(waitCtx, id, container.WaitConditionNextExit)
+	start := time.Now()
 	if err := d.cli.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
 		return 0, fmt.Errorf("start install container: %w", err)
 	}
+	d.metrics.ContainerStarted(ContainerInstall, time.Since(start))
 	d.step("install-started", id)
 	stdout := &streamWriter{out: out, stream: jobs.StreamStdout, text: &logText{}}
 	stderr := &streamWriter{out: out, stream: jobs.StreamStderr, text: &logText{}}

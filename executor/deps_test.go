@@ -154,11 +154,13 @@ func mustPass(t *testing.T, res jobs.Result, rec *recorder, err error) {
 // write; the second run with the same requirements creates no install
 // container and says in one line that the dependencies are cached.
 func TestDockerDepsInstallThenCached(t *testing.T) {
-	d, installs := newDepsDocker(t, DockerConfig{})
+	m := &fakeMetrics{}
+	d, installs := newDepsDocker(t, DockerConfig{Metrics: m})
 	files := depsProject(t, "a"+newJobID(t)[5:], nil)
 
 	res, rec, err := runDeps(t, d, newSpec(t, files))
 	mustPass(t, res, rec, err)
+	m.check(t, 1, 1, DepsInstalled)
 	if got := strings.Join(rec.phases(), ","); got != "install,test" {
 		t.Fatalf("phases %q, want install,test", got)
 	}
@@ -191,6 +193,7 @@ func TestDockerDepsInstallThenCached(t *testing.T) {
 	if n := installs.Load(); n != 1 {
 		t.Fatalf("%d install containers after the repeat run, want still 1", n)
 	}
+	m.check(t, 2, 1, DepsInstalled, DepsCached)
 	want := "dependencies: cached (key " + key[:12] + "…)\n"
 	if out := rec.phaseText(jobs.PhaseInstall, jobs.StreamStdout); out != want {
 		t.Fatalf("install output of the repeat run %q, want %q", out, want)
@@ -206,13 +209,15 @@ func TestDockerDepsInstallThenCached(t *testing.T) {
 	if n := installs.Load(); n != 2 {
 		t.Fatalf("%d install containers after changing the requirements, want 2", n)
 	}
+	m.check(t, 3, 2, DepsInstalled, DepsCached, DepsInstalled)
 }
 
 // TestDockerDepsInstallFails checks that an uninstallable requirement
 // ends the run with an InstallError, pip's message in the install phase's
 // output, and no complete cache entry.
 func TestDockerDepsInstallFails(t *testing.T) {
-	d, _ := newDepsDocker(t, DockerConfig{})
+	m := &fakeMetrics{}
+	d, _ := newDepsDocker(t, DockerConfig{Metrics: m})
 	files := depsProject(t, "f"+newJobID(t)[5:], map[string]string{
 		"requirements.txt": "--no-index\nno-such-package-ci-" + newJobID(t)[5:] + "==1.0\n",
 	})
@@ -227,6 +232,7 @@ func TestDockerDepsInstallFails(t *testing.T) {
 	if got := strings.Join(rec.phases(), ","); got != "install" {
 		t.Fatalf("phases %q, want install only", got)
 	}
+	m.check(t, 0, 1, DepsFailed)
 	ready, err := d.depsReady(context.Background(), keyFor(t, d, files))
 	if err != nil || ready {
 		t.Fatalf("ready=%v (%v) after a failed install, want false", ready, err)

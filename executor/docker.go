@@ -61,6 +61,8 @@ type DockerConfig struct {
 	Deps DepsConfig
 	// Logger receives the executor's logs; nil discards them.
 	Logger *slog.Logger
+	// Metrics receives the executor's measurements; nil measures nothing.
+	Metrics Metrics
 }
 
 // Docker is an Executor that runs each job's tests in a fresh container of
@@ -73,11 +75,12 @@ type DockerConfig struct {
 // network (loopback only), no capabilities, no-new-privileges, and the
 // memory, CPU and pids limits of Limits.
 type Docker struct {
-	cli    *client.Client
-	image  string
-	limits Limits
-	log    *slog.Logger
-	deps   *depsCache
+	cli     *client.Client
+	image   string
+	limits  Limits
+	log     *slog.Logger
+	deps    *depsCache
+	metrics Metrics
 
 	// hook, if set (by tests), is called after each step of a run
 	// ("created", "copied", "started") with the container's ID.
@@ -106,7 +109,11 @@ func NewDocker(cfg DockerConfig) (*Docker, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Docker{cli: cli, image: img, limits: lim, log: log, deps: newDepsCache(cfg.Deps)}, nil
+	var metrics Metrics = nopMetrics{}
+	if cfg.Metrics != nil {
+		metrics = cfg.Metrics
+	}
+	return &Docker{cli: cli, image: img, limits: lim, log: log, deps: newDepsCache(cfg.Deps), metrics: metrics}, nil
 }
 
 // Limits returns the identity and limits every test container runs with,
@@ -306,6 +313,7 @@ func (d *Docker) run(ctx, prep context.Context, id string, entries []tarEntry, o
 	if err != nil {
 		return jobs.Result{}, false, fmt.Errorf("start container: %w", err)
 	}
+	d.metrics.ContainerStarted(ContainerTest, time.Since(start))
 	log.Debug("container started")
 	d.step("started", id)
 
