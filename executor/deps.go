@@ -301,6 +301,14 @@ func (d *Docker) install(ctx context.Context, spec jobs.Spec, key, imageID strin
 	}
 	clog := log.With("container", shortID(id))
 	created := container.CreateResponse{ID: id}
+	// Deferred calls run last first: the container goes, then, unless the
+	// install succeeded, the venv volume it was filling.
+	complete := false
+	defer func() {
+		if !complete {
+			d.removeIncomplete(ctx, key, clog)
+		}
+	}()
 	defer d.remove(ctx, created.ID, clog)
 	d.step("install-created", created.ID)
 
@@ -320,8 +328,23 @@ func (d *Docker) install(ctx context.Context, spec jobs.Spec, key, imageID strin
 	if err != nil {
 		return fmt.Errorf("mark dependency volume complete: %w", err)
 	}
+	complete = true
 	clog.Info("dependencies installed", "bytes", size, "took", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// removeIncomplete removes the venv volume of key after a failed or
+// interrupted install, on a fresh context (ctx may be canceled), so that
+// failures leave nothing behind.
+func (d *Docker) removeIncomplete(ctx context.Context, key string, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), removeTimeout)
+	defer cancel()
+	d.deps.volMu.Lock()
+	defer d.deps.volMu.Unlock()
+	err := d.cli.VolumeRemove(ctx, depsVolume(key), false)
+	if err != nil && !cerrdefs.IsNotFound(err) {
+		log.Warn("remove incomplete dependency volume", "volume", depsVolume(key), "err", err)
+	}
 }
 
 // createInstall makes a fresh venv volume for key (removing an

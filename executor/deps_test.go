@@ -233,9 +233,13 @@ func TestDockerDepsInstallFails(t *testing.T) {
 		t.Fatalf("phases %q, want install only", got)
 	}
 	m.check(t, 0, 1, DepsFailed)
-	ready, err := d.depsReady(context.Background(), keyFor(t, d, files))
+	key := keyFor(t, d, files)
+	ready, err := d.depsReady(context.Background(), key)
 	if err != nil || ready {
 		t.Fatalf("ready=%v (%v) after a failed install, want false", ready, err)
+	}
+	if _, err := d.cli.VolumeInspect(context.Background(), depsVolume(key)); !cerrdefs.IsNotFound(err) {
+		t.Fatalf("venv volume after a failed install: %v, want it removed", err)
 	}
 }
 
@@ -302,8 +306,12 @@ func TestDockerDepsDetachDuringInstall(t *testing.T) {
 		t.Fatalf("Run: %v, want a detach", err)
 	}
 	assertNoContainers(t, d, spec.JobID)
-	if ready, _ := d.depsReady(context.Background(), keyFor(t, d, files)); ready {
+	key := keyFor(t, d, files)
+	if ready, _ := d.depsReady(context.Background(), key); ready {
 		t.Fatal("an interrupted install left a complete entry")
+	}
+	if _, err := d.cli.VolumeInspect(context.Background(), depsVolume(key)); !cerrdefs.IsNotFound(err) {
+		t.Fatalf("venv volume after an interrupted install: %v, want it removed", err)
 	}
 	res, rec, err := runDeps(t, d, spec) // the next server runs it again
 	mustPass(t, res, rec, err)
