@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"ci/api"
 	"ci/executor"
 	"ci/jobs"
+	"ci/metrics"
 	"ci/persistence"
 	"ci/webui"
 	"ci/ws"
@@ -84,6 +86,10 @@ type Main struct {
 	DepsCacheMax   int
 	DepsCacheSize  int64
 	LogLevel       string
+	// Pprof is the address of a separate listener serving net/http/pprof
+	// under /debug/pprof/; "" serves none. It is never served on Addr, has
+	// no auth, and belongs on loopback.
+	Pprof string
 
 	// Log is the server's logger; ParseFlags sets a text logger on stderr
 	// at LogLevel when it is nil.
@@ -92,12 +98,15 @@ type Main struct {
 	// Executor overrides the Docker executor (tests); nil means Docker.
 	Executor jobs.Executor
 
-	listener net.Listener
-	server   *http.Server
-	events   *ws.Handler
-	service  *jobs.Service
-	store    *persistence.Store
-	docker   *executor.Docker
+	listener      net.Listener
+	server        *http.Server
+	pprofListener net.Listener
+	pprofServer   *http.Server
+	metrics       *metrics.Metrics
+	events        *ws.Handler
+	service       *jobs.Service
+	store         *persistence.Store
+	docker        *executor.Docker
 }
 
 // NewMain returns a Main with the default configuration.
@@ -153,6 +162,8 @@ func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
 	fs.Int64Var(&m.DepsCacheSize, "deps-cache-size", m.DepsCacheSize,
 		"most bytes the kept venvs may take together, the same way (0: no limit)")
 	fs.StringVar(&m.LogLevel, "log-level", m.LogLevel, "log level: debug, info, warn or error")
+	fs.StringVar(&m.Pprof, "pprof", m.Pprof,
+		"serve net/http/pprof on this separate address, e.g. 127.0.0.1:6060 (no auth: keep it on loopback; default off)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: ci-server [flags]\n       ci-server deps list|prune [flags]\n\n"+
 			"Runs the ci service (see ci-server deps --help for the dependency cache). Flags:\n%s", fs.FlagUsages())
@@ -199,6 +210,11 @@ func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
 	if m.DepsCacheMax < 0 || m.DepsCacheSize < 0 {
 		return errors.New("--deps-cache-max and --deps-cache-size must not be negative (0: no limit)")
 	}
+	if m.Pprof != "" {
+		if _, _, err := net.SplitHostPort(m.Pprof); err != nil {
+			return fmt.Errorf("--pprof must be host:port, such as 127.0.0.1:6060, got %q", m.Pprof)
+		}
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(m.LogLevel)); err != nil {
 		return fmt.Errorf("--log-level must be debug, info, warn or error, got %q", m.LogLevel)
@@ -229,6 +245,7 @@ func (m *Main) Run(ctx context.Context) error {
 		return fmt.Errorf("open archive dir: %w", err)
 	}
 
+	m.metrics = metrics.New()
 	exec := m.Executor
 	if exec == nil {
 		d, err := executor.NewDocker(executor.DockerConfig{
@@ -241,6 +258,7 @@ func (m *Main) Run(ctx context.Context) error {
 			StopGrace: m.StopGrace,
 			Deps:      depsConfig(m.DataDir, m.InstallNetwork, m.DepsCacheMax, m.DepsCacheSize),
 			Logger:    m.Log.With("component", "docker"),
+			Metrics:   m.metrics,
 		})
 		if err != nil {
 			return err // says what is wrong with which setting
@@ -265,15 +283,20 @@ func (m *Main) Run(ctx context.Context) error {
 		MaxUnpacked: m.MaxUnpacked,
 		Secrets:     secrets(m.Token),
 		Logger:      m.Log.With("component", "jobs"),
+		Metrics:     m.metrics,
 	})
+	m.metrics.ObserveLoad(m.service.Load)
 	if err := m.service.Start(ctx); err != nil {
 		return fmt.Errorf("start jobs: %w", err)
 	}
 	m.events = ws.NewHandler(m.service, m.Log.With("component", "ws"))
+	m.events.Metrics = m.metrics
 	handler := api.NewHandler(m.service, api.Config{
 		Events:    m.events,
 		JobEvents: http.HandlerFunc(m.events.ServeJobs),
 		UI:        webui.Handler(),
+		Metrics:   m.metrics.Handler(),
+		Uploads:   m.metrics,
 		MaxUpload: m.MaxUpload,
 		Token:     m.Token,
 		Private:   m.Private,
@@ -297,12 +320,70 @@ func (m *Main) Run(ctx context.Context) error {
 	}()
 	m.Log.Info("ci-server listening", "addr", ln.Addr().String(), "data", m.DataDir, "image", m.Image,
 		"concurrency", m.Concurrency, "auth", m.Token != "", "private", m.Private)
+	if m.Pprof != "" {
+		if err := m.servePprof(); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// servePprof starts the pprof listener on m.Pprof, apart from the API.
+func (m *Main) servePprof() error {
+	ln, err := net.Listen("tcp", m.Pprof)
+	if err != nil {
+		return fmt.Errorf("listen for pprof on %s: %w", m.Pprof, err)
+	}
+	m.pprofListener = ln
+	m.pprofServer = &http.Server{
+		Handler:           pprofHandler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(m.Log.Handler(), slog.LevelWarn),
+	}
+	go func() {
+		if err := m.pprofServer.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			m.Log.Error("serve pprof", "err", err)
+		}
+	}()
+	if !loopback(ln.Addr()) {
+		m.Log.Warn("pprof listens beyond loopback: anyone who reaches it can profile the server and read its command line; use 127.0.0.1", "addr", ln.Addr().String())
+	} else {
+		m.Log.Info("pprof listening", "addr", ln.Addr().String())
+	}
+	return nil
+}
+
+// pprofHandler serves net/http/pprof under /debug/pprof/. (Importing the
+// package also registers it on http.DefaultServeMux, which ci-server never
+// serves.)
+func pprofHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index) // the index and every named profile
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}
+
+// loopback reports whether addr is a loopback address.
+func loopback(addr net.Addr) bool {
+	tcp, ok := addr.(*net.TCPAddr)
+	return ok && tcp.IP.IsLoopback()
 }
 
 // URL returns the base URL the server listens on, once Run has returned.
 func (m *Main) URL() string {
 	return "http://" + m.listener.Addr().String()
+}
+
+// PprofURL returns the base URL of the pprof listener once Run has
+// returned, or "" without --pprof.
+func (m *Main) PprofURL() string {
+	if m.pprofListener == nil {
+		return ""
+	}
+	return "http://" + m.pprofListener.Addr().String()
 }
 
 // Close stops accepting requests, ends event streams with 1001, stops the
@@ -316,6 +397,12 @@ func (m *Main) Close() error {
 			errs = append(errs, fmt.Errorf("http shutdown: %w", err))
 		}
 		cancel()
+	}
+	if m.pprofServer != nil {
+		// Close, not Shutdown: a CPU profile in progress may take long.
+		if err := m.pprofServer.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("pprof close: %w", err))
+		}
 	}
 	if m.events != nil {
 		m.events.Close()
