@@ -103,6 +103,7 @@ type depsCache struct {
 
 	mu      sync.Mutex
 	flights map[string]*depsFlight // by key
+	held    map[string]int         // keys jobs need, by number of jobs
 	used    *usage
 	// volMu makes an install's (re)creation of its venv volume and of the
 	// container that mounts it one step for removeEntry: a volume is
@@ -117,7 +118,7 @@ type depsFlight struct {
 }
 
 func newDepsCache(cfg DepsConfig) *depsCache {
-	return &depsCache{cfg: cfg, flights: map[string]*depsFlight{}, used: newUsage(cfg.StateFile)}
+	return &depsCache{cfg: cfg, flights: map[string]*depsFlight{}, held: map[string]int{}, used: newUsage(cfg.StateFile)}
 }
 
 // join makes job the installer of key if no install of key is in flight
@@ -141,11 +142,29 @@ func (c *depsCache) leave(key string, f *depsFlight) {
 	close(f.done)
 }
 
-// installing reports whether an install of key is in flight.
-func (c *depsCache) installing(key string) bool {
+// hold marks key as needed by a job of this server until the returned
+// release is called (once); removeEntry leaves held keys alone.
+func (c *depsCache) hold(key string) (release func()) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.flights[key] != nil
+	c.held[key]++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if c.held[key]--; c.held[key] == 0 {
+				delete(c.held, key)
+			}
+		})
+	}
+}
+
+// busy reports whether key is being installed or is held by a job.
+func (c *depsCache) busy(key string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.flights[key] != nil || c.held[key] > 0
 }
 
 // InstallError is the error of a job whose dependencies could not be
@@ -161,18 +180,38 @@ func (e *InstallError) Error() string {
 }
 
 // dependencies runs the install phase of a project with the requirements
-// file req, for image imageID: it returns the name of the volume with the
-// venv, taken from the cache (one line in the log says so) or installed
-// now, in an install container whose output goes to out. Jobs that need
-// the same key at the same time install once: the others wait for that
-// install and then take its venv from the cache (or install themselves if
-// it failed).
+// file req, for image imageID: it returns the key of the venv, taken from
+// the cache (one line in the log says so) or installed now, in an install
+// container whose output goes to out. Jobs that need the same key at the
+// same time install once: the others wait for that install and then take
+// its venv from the cache (or install themselves if it failed).
+//
+// The key is held from before the cache is looked at: this server's
+// eviction does not remove it until release is called, which the caller
+// does once its test container mounts the volume (the engine then refuses
+// to remove it) or is not going to.
 func (d *Docker) dependencies(ctx context.Context, spec jobs.Spec, imageID string, entries []tarEntry, req *tarEntry,
-	out jobs.Output, log *slog.Logger) (string, error) {
-	key, err := depsKey(entries, req, imageID)
+	out jobs.Output, log *slog.Logger) (key string, release func(), err error) {
+	key, err = depsKey(entries, req, imageID)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
+	release = d.deps.hold(key)
+	vol, err := d.resolveDeps(ctx, spec, key, imageID, entries, out, log)
+	if err != nil {
+		release()
+		return "", nil, err
+	}
+	if vol != depsVolume(key) {
+		panic("dependency volume is not the key's")
+	}
+	return key, release, nil
+}
+
+// resolveDeps does the work of dependencies for key and returns the venv
+// volume.
+func (d *Docker) resolveDeps(ctx context.Context, spec jobs.Spec, key, imageID string, entries []tarEntry,
+	out jobs.Output, log *slog.Logger) (string, error) {
 	log = log.With("deps", shortKey(key))
 	say := func(format string, args ...any) error {
 		return out.Write(jobs.StreamStdout, fmt.Appendf(nil, format, args...))
@@ -499,4 +538,47 @@ func (d *Docker) copyTar(ctx context.Context, id, dir string, write func(*tar.Wr
 		return err
 	}
 	return d.cli.CopyToContainer(ctx, id, dir, &buf, container.CopyToContainerOptions{})
+}
+
+// checkDepsVolume checks that the volume vol a created test container
+// mounts is key's venv volume, not an empty one the engine created in its
+// place because it had been removed meanwhile.
+func (d *Docker) checkDepsVolume(ctx context.Context, vol, key string) error {
+	v, err := d.cli.VolumeInspect(ctx, vol)
+	if err != nil {
+		return fmt.Errorf("inspect dependency volume %s: %w", vol, err)
+	}
+	if v.Labels[LabelDeps] != key {
+		return fmt.Errorf("the dependency volume %s was removed while the job started "+
+			"(by ci-server deps prune or by hand?); submit the job again", vol)
+	}
+	return nil
+}
+
+// cleanupRetry removes what an earlier, interrupted Run of job left of
+// its install phase: its install container and the venv volume it was
+// filling, unless that volume's install completed (its ready volume
+// exists) or another job of this server is installing or using it now.
+// It runs even when ctx is done: the job may be ending at once.
+func (d *Docker) cleanupRetry(ctx context.Context, job string, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), removeTimeout)
+	defer cancel()
+	d.removeInstallContainers(ctx, filters.Arg("label", LabelInstall+"="+job), log)
+	vols, err := d.cli.VolumeList(ctx, volume.ListOptions{Filters: filters.NewArgs(
+		filters.Arg("label", LabelDepsJob+"="+job), filters.Arg("label", LabelDepsRole+"="+RoleVenv))})
+	if err != nil {
+		log.Warn("list the dependency volumes of an interrupted install", "err", err)
+		return
+	}
+	for _, v := range vols.Volumes {
+		key := v.Labels[LabelDeps]
+		if len(key) != 64 || d.deps.busy(key) {
+			continue
+		}
+		if ready, err := d.depsReady(ctx, key); err != nil || ready {
+			continue
+		}
+		log.Info("removing the incomplete venv of an interrupted install", "volume", v.Name)
+		d.removeIncomplete(ctx, key, log)
+	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/volume"
 
 	"ci/internal/testwheel"
 	"ci/jobs"
@@ -455,5 +456,62 @@ func TestDockerNoPytest(t *testing.T) {
 	mustPass(t, res, rec, err)
 	if out := rec.phaseText(jobs.PhaseTest, jobs.StreamStdout); !strings.Contains(out, "stand-in pytest ['--junitxml=/ci-results/junit/report.xml', '-o']") {
 		t.Fatalf("test output %q: want the requirements' pytest, run with ci's arguments", out)
+	}
+}
+
+// TestDockerDepsRetryCleansUp checks that a Run with Spec.Retry removes
+// what a crashed server's install left (its install container, its
+// incomplete venv), even when the job's time is already up.
+func TestDockerDepsRetryCleansUp(t *testing.T) {
+	d, _ := newDepsDocker(t, DockerConfig{})
+	spec := newSpec(t, depsProject(t, "r"+newJobID(t)[5:], nil))
+	ctx := context.Background()
+	info, err := d.cli.ImageInspect(ctx, d.image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := strings.Repeat("ab", 32)
+	if _, err := d.createInstall(ctx, spec.JobID, key, info.ID); err != nil { // as a crash leaves it
+		t.Fatal(err)
+	}
+	expired, cancel := context.WithDeadline(ctx, time.Now().Add(-time.Second))
+	defer cancel()
+	spec.Retry = true
+	if _, err := d.Run(expired, spec, &recorder{}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Run: %v, want the deadline", err)
+	}
+	assertNoContainers(t, d, spec.JobID)
+	if _, err := d.cli.VolumeInspect(ctx, depsVolume(key)); !cerrdefs.IsNotFound(err) {
+		t.Fatalf("incomplete venv volume after the retry: %v, want it removed", err)
+	}
+}
+
+// TestDockerDepsHeldEntryStays checks that an entry a job of this server
+// holds (it found it cached and is about to mount it) is not removed, and
+// that a test container never runs on a venv volume removed under it.
+func TestDockerDepsHeldEntryStays(t *testing.T) {
+	d, _ := newDepsDocker(t, DockerConfig{})
+	files := depsProject(t, "h"+newJobID(t)[5:], nil)
+	res, rec, err := runDeps(t, d, newSpec(t, files))
+	mustPass(t, res, rec, err)
+	key := keyFor(t, d, files)
+	release := d.deps.hold(key)
+	if ok, err := d.removeEntry(context.Background(), key); ok || err != nil {
+		t.Fatalf("removeEntry of a held key: %v, %v; want false, nil", ok, err)
+	}
+	release()
+	release() // a second call is harmless
+	if ok, err := d.removeEntry(context.Background(), key); !ok || err != nil {
+		t.Fatalf("removeEntry after release: %v, %v; want true, nil", ok, err)
+	}
+
+	// A volume the engine made in the venv's place has no labels.
+	ctx := context.Background()
+	if _, err := d.cli.VolumeCreate(ctx, volume.CreateOptions{Name: depsVolume(key)}); err != nil {
+		t.Fatal(err)
+	}
+	defer d.cli.VolumeRemove(ctx, depsVolume(key), true)
+	if err := d.checkDepsVolume(ctx, depsVolume(key), key); err == nil || !strings.Contains(err.Error(), "was removed while the job started") {
+		t.Fatalf("checkDepsVolume of an unlabelled volume: %v, want an error", err)
 	}
 }

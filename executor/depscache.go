@@ -161,7 +161,7 @@ func (d *Docker) PruneDeps(ctx context.Context, opts PruneOptions) ([]DepsEntry,
 func (d *Docker) removeEntry(ctx context.Context, key string) (bool, error) {
 	d.deps.volMu.Lock()
 	defer d.deps.volMu.Unlock()
-	if d.deps.installing(key) {
+	if d.deps.busy(key) {
 		return false, nil
 	}
 	err := d.cli.VolumeRemove(ctx, depsVolume(key), false)

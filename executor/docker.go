@@ -180,10 +180,13 @@ func (d *Docker) Close() error {
 // volume; it writes no temporary files (the project is streamed from the
 // zip).
 func (d *Docker) Run(ctx context.Context, spec jobs.Spec, out jobs.Output) (jobs.Result, error) {
+	log := d.log.With("job", spec.JobID)
+	if spec.Retry {
+		d.cleanupRetry(ctx, spec.JobID, log)
+	}
 	if ctx.Err() != nil && !detached(ctx) {
 		return jobs.Result{}, ctxError(ctx)
 	}
-	log := d.log.With("job", spec.JobID)
 
 	// Check the archive before anything is created in the engine.
 	zr, err := zip.OpenReader(spec.Archive)
@@ -218,20 +221,23 @@ func (d *Docker) Run(ctx context.Context, spec jobs.Spec, out jobs.Output) (jobs
 	// The dependency phase, when the project has requirements. Unlike the
 	// steps around it, a detach interrupts it (it may take minutes): the
 	// job then runs again from the start under the next server.
-	image, deps := d.image, ""
+	image, deps, key := d.image, "", ""
 	if req := findRequirements(entries); req != nil {
 		if err := out.Phase(jobs.PhaseInstall); err != nil {
 			return jobs.Result{}, err
 		}
-		if deps, err = d.dependencies(ctx, spec, imageID, entries, req, out, log); err != nil {
+		var release func()
+		if key, release, err = d.dependencies(ctx, spec, imageID, entries, req, out, log); err != nil {
 			return jobs.Result{}, ctxErr(ctx, err)
 		}
+		// Once the container mounts the volume, the engine keeps it.
+		defer release()
 		if err := out.Phase(jobs.PhaseTest); err != nil {
 			return jobs.Result{}, err
 		}
 		// The very image the venv was made for, even if the tag has
 		// moved since.
-		image = imageID
+		image, deps = imageID, depsVolume(key)
 	}
 
 	// Create on a context that is not canceled with ctx: a create that
@@ -245,6 +251,15 @@ func (d *Docker) Run(ctx context.Context, spec jobs.Spec, out jobs.Output) (jobs
 		return jobs.Result{}, ctxErr(ctx, fmt.Errorf("create container: %w", err))
 	}
 	log = log.With("container", shortID(created.ID))
+	if deps != "" {
+		// Creating a container that mounts a missing named volume
+		// creates it, empty: had another process (a deps prune) removed
+		// the venv just before, the tests would run without it.
+		if err := d.checkDepsVolume(prep, deps, key); err != nil {
+			d.remove(ctx, created.ID, log)
+			return jobs.Result{}, ctxErr(ctx, err)
+		}
+	}
 	keep := false
 	defer func() {
 		if keep {

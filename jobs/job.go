@@ -200,6 +200,10 @@ type Spec struct {
 	Archive string
 	// Args are extra arguments for pytest.
 	Args []string
+	// Retry is set when an earlier Run of the job was cut short during
+	// its install phase (its server went away): the executor first
+	// removes whatever that run left, even if ctx is already done.
+	Retry bool
 }
 
 // Output receives a job's output as it is produced. Write and Phase are

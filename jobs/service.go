@@ -603,13 +603,14 @@ func (s *Service) run(ctx context.Context, job *Job, reattach bool) {
 	defer cancel()
 
 	stored := job.Offsets
+	retry := false
 	if reattach && job.Phase == PhaseInstall {
 		// The server went away while the job was installing its
 		// dependencies: its tests never started, so there is nothing to
 		// re-attach to. Run it again from the start (the executor cleans
 		// up what the earlier run left); its log says so.
 		rec.Log(StreamStderr, "\n[ci: ci-server restarted while the job was installing its dependencies; installing again]\n", nil)
-		reattach, stored = false, Offsets{}
+		reattach, stored, retry = false, Offsets{}, true
 	}
 	out := newRecordOutput(rec, s.cfg, stored)
 	if !reattach {
@@ -617,7 +618,7 @@ func (s *Service) run(ctx context.Context, job *Job, reattach bool) {
 		// the previous server.
 		out.metrics, out.phaseStart = s.metrics, time.Now()
 	}
-	spec := Spec{JobID: job.ID, Archive: s.archives.Path(job.Archive), Args: job.Args}
+	spec := Spec{JobID: job.ID, Archive: s.archives.Path(job.Archive), Args: job.Args, Retry: retry}
 	var res Result
 	var err error
 	if reattach {
@@ -641,7 +642,7 @@ func (s *Service) run(ctx context.Context, job *Job, reattach bool) {
 	out.flush()
 	out.endPhase()
 
-	status, exitCode, reason := outcome(res, err, cause, timeout)
+	status, exitCode, reason := outcome(res, err, cause, timeout, rec.Job().Phase)
 	if res.Report != nil && err == nil {
 		s.recordReport(rec, job.ID, res, log)
 	}
@@ -694,9 +695,13 @@ func (s *Service) Tests(ctx context.Context, id string) ([]TestCase, error) {
 }
 
 // outcome maps how the executor ended to the job's terminal status. cause
-// is why the job's context ended (nil if it did not).
-func outcome(res Result, err error, cause error, timeout time.Duration) (Status, *int, string) {
+// is why the job's context ended (nil if it did not); phase is the phase
+// the job was in.
+func outcome(res Result, err error, cause error, timeout time.Duration, phase string) (Status, *int, string) {
 	switch {
+	case err != nil && errors.Is(cause, errTimedOut) && phase == PhaseInstall:
+		return StatusTimedOut, nil, fmt.Sprintf("the job reached its time limit of %s while installing its dependencies, "+
+			"before the tests started (the limit covers the install and the tests)", timeout)
 	case err != nil && errors.Is(cause, errTimedOut):
 		return StatusTimedOut, nil, fmt.Sprintf("the tests ran longer than the time limit of %s and were stopped", timeout)
 	case err != nil && errors.Is(cause, errCanceled):

@@ -884,10 +884,14 @@ type installExec struct {
 	runs      atomic.Int32
 	installed chan struct{}
 	reattach  atomic.Int32
+	retries   atomic.Int32 // Runs with Spec.Retry set
 }
 
 func (e *installExec) Run(ctx context.Context, spec Spec, out Output) (Result, error) {
 	n := e.runs.Add(1)
+	if spec.Retry {
+		e.retries.Add(1)
+	}
 	out.Phase(PhaseInstall)
 	out.Write(StreamStdout, []byte(fmt.Sprintf("installing, run %d\n", n)))
 	if n == 1 {
@@ -932,11 +936,33 @@ func TestRestartDuringInstallRunsAgain(t *testing.T) {
 	if n := exec.reattach.Load(); n != 0 {
 		t.Fatalf("Reattach called %d times, want 0 for a job still installing", n)
 	}
+	if n := exec.retries.Load(); n != 1 {
+		t.Fatalf("%d Runs with Spec.Retry, want 1 (the second: the executor must clean up the first's leftovers)", n)
+	}
 	want := "installing, run 1\n\n[ci: ci-server restarted while the job was installing its dependencies; installing again]\ninstalling, run 2\n1 passed\n"
 	if text.String() != want {
 		t.Fatalf("output %q, want %q", text.String(), want)
 	}
 	if last := evs[len(evs)-1]; last.Status != StatusPassed {
 		t.Fatalf("job ended %s, want passed", last.Status)
+	}
+}
+
+// TestTimeoutDuringInstall checks that a job that reaches its time limit
+// while installing says so, rather than blaming tests that never ran.
+func TestTimeoutDuringInstall(t *testing.T) {
+	exec := funcExec(func(ctx context.Context, spec Spec, out Output) (Result, error) {
+		out.Phase(PhaseInstall)
+		<-ctx.Done()
+		return Result{}, context.Cause(ctx)
+	})
+	env := newTestService(t, exec, 1)
+	job, err := env.svc.Submit(context.Background(), bytes.NewReader(makeZip(t, map[string]string{"t.py": ""})), SubmitOptions{Timeout: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := lastEvent(t, env.svc, job.ID)
+	if ev.Status != StatusTimedOut || !strings.Contains(ev.Reason, "while installing its dependencies") {
+		t.Fatalf("terminal event %+v, want timed_out during the install", ev)
 	}
 }
