@@ -580,10 +580,12 @@ func TestStore_Pragmas(t *testing.T) {
 	ctx := context.Background()
 	s := MustOpen(t)
 	for name, want := range map[string]string{
-		"journal_mode": "wal",
-		"synchronous":  "1", // NORMAL
-		"foreign_keys": "1",
-		"busy_timeout": "5000",
+		"journal_mode":       "wal",
+		"synchronous":        "1", // NORMAL
+		"foreign_keys":       "1",
+		"busy_timeout":       "5000",
+		"wal_autocheckpoint": "16384",
+		"journal_size_limit": "67108864",
 	} {
 		got, err := s.Pragma(ctx, name)
 		if err != nil {
