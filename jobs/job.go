@@ -128,6 +128,12 @@ type Event struct {
 	Tests     *TestCounts `json:"tests,omitempty"`
 	DurationS float64     `json:"duration_s,omitempty"`
 	Failures  []Failure   `json:"failures,omitempty"`
+
+	// Raw, when set, is the event's JSON encoding, made once when it was
+	// committed: every watcher of a live event sends these same bytes
+	// instead of encoding the event again. Events read from a Store have
+	// none. It must not be modified.
+	Raw []byte `json:"-"`
 }
 
 // Terminal reports whether e is the terminal status event of its job.

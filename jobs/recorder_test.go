@@ -2,11 +2,13 @@ package jobs
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 	"unicode/utf8"
 )
 
@@ -206,5 +208,36 @@ func TestRecorderGroupCommit(t *testing.T) {
 	}
 	if len(evs) > 10 {
 		t.Fatalf("%d events for chunks that queued together, want them merged", len(evs))
+	}
+}
+
+// TestPublishedEventsCarryTheirJSON checks that the recorder encodes each
+// committed event once (Raw) and that the encoding is the event's own.
+func TestPublishedEventsCarryTheirJSON(t *testing.T) {
+	st := newMemStore()
+	broker := NewBroker()
+	job := &Job{Status: StatusQueued, CreatedAt: time.Now()}
+	if err := st.CreateJob(context.Background(), job, nil); err != nil {
+		t.Fatal(err)
+	}
+	sub := broker.Subscribe(job.ID, 16)
+	defer sub.Close()
+	rec := newRecorder(st, broker, nopMetrics{}, slog.New(slog.DiscardHandler), job)
+	rec.Log(StreamStdout, "hello\n", nil)
+	rec.Status(StatusPassed, nil)
+	rec.Close()
+	n := 0
+	for n < 2 {
+		ev, ok := <-sub.C
+		if !ok {
+			t.Fatal("subscription closed early")
+		}
+		n++
+		plain := ev
+		plain.Raw = nil
+		want, _ := json.Marshal(&plain)
+		if string(ev.Raw) != string(want) {
+			t.Fatalf("event %d Raw %s, want %s", ev.Seq, ev.Raw, want)
+		}
 	}
 }

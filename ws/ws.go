@@ -141,7 +141,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	log := h.log.With("job", id)
 	log.Debug("events stream opened", "after", after)
 	h.stream(w, r, StreamEvents, log, func(ctx context.Context, write func(v any) error) error {
-		return h.src.Follow(ctx, id, after, func(ev jobs.Event) error { return write(ev) })
+		return h.src.Follow(ctx, id, after, func(ev jobs.Event) error {
+			if ev.Raw != nil {
+				return write(json.RawMessage(ev.Raw)) // encoded once for every watcher
+			}
+			return write(ev)
+		})
 	})
 }
 
@@ -226,9 +231,11 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, kind string, lo
 	go h.ping(ctx, c)
 
 	err = produce(ctx, func(v any) error {
-		b, err := json.Marshal(v)
-		if err != nil {
-			return err
+		b, ok := v.(json.RawMessage) // already encoded: sent as it is
+		if !ok {
+			if b, err = json.Marshal(v); err != nil {
+				return err
+			}
 		}
 		// Not derived from ctx: the library closes the connection when a
 		// write's context ends, even just after the write, which would

@@ -308,3 +308,30 @@ func TestMetricsCountOpenStreams(t *testing.T) {
 	feed.Close(websocket.StatusNormalClosure, "bye") // the client leaves
 	waitOpen(t, m, 0, 0)
 }
+
+// TestEventsRawSentAsIs checks that an event encoded once by the recorder
+// (Raw) is sent byte for byte, not encoded again.
+func TestEventsRawSentAsIs(t *testing.T) {
+	evs := testEvents()
+	raw := `{"seq":3,"time":"2026-12-03T00:00:00Z","type":"log","stream":"stdout","text":"pre-encoded"}`
+	for i := range evs {
+		if evs[i].Seq == 3 {
+			evs[i].Raw = []byte(raw)
+		}
+	}
+	srv, _ := serve(t, &stubSource{events: evs})
+	c, _, err := dial(t, srv, "/api/v1/jobs/j1/events?after=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, b, err := c.Read(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(b) != raw {
+		t.Fatalf("first message %s, want the event's Raw %s", b, raw)
+	}
+	c.CloseNow()
+}
