@@ -50,6 +50,7 @@ type config struct {
 	latencyLines    int
 	latencyInterval time.Duration
 	latencyWatchers []int
+	latencyRuns     int
 
 	pairs      int
 	floodLines int
@@ -102,7 +103,8 @@ func main() {
 	fs.IntVar(&cfg.latencyLines, "latency-lines", 2000, "lines the latency test prints")
 	fs.DurationVar(&cfg.latencyInterval, "latency-interval", 2*time.Millisecond, "pace of the latency test's lines")
 	fs.IntSliceVar(&cfg.latencyWatchers, "latency-watchers", []int{1, 100}, "watcher counts of the latency benchmark")
-	fs.IntVar(&cfg.pairs, "pairs", 3, "interleaved ci / docker run pairs of the flood benchmark")
+	fs.IntVar(&cfg.latencyRuns, "latency-runs", 3, "runs of each latency measurement (the target is judged on the median p99)")
+	fs.IntVar(&cfg.pairs, "pairs", 5, "interleaved ci / docker run pairs of the flood benchmark (0 skips that part)")
 	fs.IntVar(&cfg.floodLines, "flood-lines", 200_000, "lines of the ci / docker run flood")
 	fs.IntVar(&cfg.bigLines, "big-lines", 1_000_000, "lines of the flood to one watcher")
 	fs.IntVar(&cfg.fanoutLines, "fanout-lines", 1000, "lines the fan-out test prints")
