@@ -46,7 +46,7 @@ unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
 
 # bench runs every benchmark of BENCHMARKS.md against the binaries it
-# builds (about 4 minutes on 2 cores; the server-level ones start their own
+# builds (3 to 4 minutes on 2 cores; the server-level ones start their own
 # ci-server on a free port): small-job overhead, the dependency cache, the
 # store's batched writes, then bench/load (latency, flood, fan-out, upload).
 bench: build

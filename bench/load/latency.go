@@ -65,11 +65,12 @@ func (b *bench) latency(ctx context.Context) error {
 			continue
 		}
 		slices.Sort(p99s)
-		mid := p99s[(len(p99s)-1)/2] // the lower median
+		mid, worst := p99s[(len(p99s)-1)/2], p99s[len(p99s)-1] // the lower median
 		if n == 1 {
-			b.target(mid <= 10*time.Millisecond, "2. latency p99, 1 watcher, median of %d runs: %s (target <= 10 ms)", len(p99s), ms(mid))
+			b.target(mid <= 10*time.Millisecond, "2. latency p99, 1 watcher: median of %d runs %s, worst run %s (target <= 10 ms)",
+				len(p99s), ms(mid), ms(worst))
 		} else {
-			b.note("2. latency p99, %d watchers, median of %d runs: %s (no target)", n, len(p99s), ms(mid))
+			b.note("2. latency p99, %d watchers: median of %d runs %s, worst run %s (no target)", n, len(p99s), ms(mid), ms(worst))
 		}
 	}
 	return nil

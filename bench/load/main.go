@@ -63,6 +63,7 @@ type config struct {
 	uploadMiB int
 
 	cpuProfile string
+	serverArgs []string // more flags for every ci-server
 }
 
 // bench runs the benchmarks and collects their verdicts.
@@ -111,6 +112,7 @@ func main() {
 	fs.DurationVar(&cfg.fanoutInterval, "fanout-interval", 5*time.Millisecond, "pace of the fan-out test's lines")
 	fs.IntSliceVar(&cfg.fanoutWatchers, "fanout-watchers", []int{200, 2000, 10000}, "watcher counts of the fan-out benchmark (capped by the fd limit)")
 	fs.IntVar(&cfg.uploadMiB, "upload-mib", 200, "size of the uploaded project's data in MiB")
+	fs.StringArrayVar(&cfg.serverArgs, "server-arg", nil, "a further flag for every ci-server started, e.g. --server-arg=--pprof=127.0.0.1:6060 (repeatable)")
 	fs.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write this program's (the watchers') CPU profile to the file")
 	fs.Usage = func() {
 		fmt.Fprintf(os.Stderr, "Usage: load [flags] [latency] [flood] [fanout] [upload]\n\n%s", fs.FlagUsages())

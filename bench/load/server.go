@@ -57,6 +57,7 @@ func startServer(ctx context.Context, cfg *config, extra ...string) (*server, er
 	}
 	args := append([]string{"--addr", addr, "--data", filepath.Join(dir, "data"),
 		"--image", cfg.image, "--log-level", "warn"}, extra...)
+	args = append(args, cfg.serverArgs...)
 	s.cmd = exec.Command(filepath.Join(cfg.bin, "ci-server"), args...)
 	s.cmd.Stdout, s.cmd.Stderr = logFile, logFile
 	if err := s.cmd.Start(); err != nil {
