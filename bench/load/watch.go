@@ -51,7 +51,10 @@ func (w *watcher) run(ctx context.Context, url string, live func(error)) {
 			live(w.err)
 		}
 	}()
-	c, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{Subprotocols: []string{"ci.v1"}})
+	// The dial's context bounds the handshake only, not the connection.
+	dctx, cancel := context.WithTimeout(ctx, time.Minute)
+	c, _, err := websocket.Dial(dctx, url, &websocket.DialOptions{Subprotocols: []string{"ci.v1"}})
+	cancel()
 	if err != nil {
 		w.err = fmt.Errorf("dial: %w", err)
 		return
