@@ -16,3 +16,7 @@ func (s *Store) Exec(ctx context.Context, query string, args ...any) error {
 	_, err := s.wdb.ExecContext(ctx, query, args...)
 	return err
 }
+
+// Checkpoints returns how many checkpoints the checkpointer has run that
+// moved WAL frames into the database.
+func (s *Store) Checkpoints() int64 { return s.checkpoints.Load() }

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/url"
 	"runtime"
+	"sync/atomic"
 	"time"
 
 	"gorm.io/driver/sqlite"
@@ -50,11 +51,58 @@ type Store struct {
 	ws  writeStmts
 	r   *gorm.DB // a pool of query-only connections, for reads
 	rdb *sql.DB  // r's database, for the hot reads
+
+	// The checkpointer: its connection and goroutine.
+	c                *gorm.DB
+	cdb              *sql.DB
+	stopCheckpoints  context.CancelFunc
+	checkpointerDone chan struct{}
+	checkpoints      atomic.Int64 // checkpoints that moved frames, for tests
 }
 
-// walCheckpointPages is the WAL size, in pages (4 KiB by default), at
-// which a commit checkpoints it into the database: 64 MiB.
-const walCheckpointPages = 16384
+// Checkpoints of the WAL into the database.
+const (
+	// checkpointInterval is how often the checkpointer runs.
+	checkpointInterval = time.Second
+	// backstopCheckpointPages is the WAL size, in pages (4 KiB by
+	// default), at which a commit checkpoints it after all, should the
+	// checkpointer fall behind: 256 MiB.
+	backstopCheckpointPages = 65536
+	// walSizeLimit is the size in bytes the WAL file is truncated to when
+	// it starts over.
+	walSizeLimit = 64 << 20
+)
+
+// checkpointLoop moves the WAL's committed frames into the database every
+// checkpointInterval, until ctx ends. PASSIVE checkpoints never wait for
+// the writer or readers, and the writer never waits for them: the fsync a
+// checkpoint needs happens here, not in a commit. Once a checkpoint has
+// caught up, the writer's next transaction starts the WAL over.
+func (s *Store) checkpointLoop(ctx context.Context) {
+	defer close(s.checkpointerDone)
+	t := time.NewTicker(checkpointInterval)
+	defer t.Stop()
+	var last int // WAL frames checkpointed by the last run
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		var busy, frames, done int
+		err := s.cdb.QueryRowContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &done)
+		if err != nil {
+			if ctx.Err() == nil {
+				slog.Warn("checkpoint the database's WAL", "component", "persistence", "err", err)
+			}
+			continue
+		}
+		if done != last {
+			s.checkpoints.Add(1)
+		}
+		last = done
+	}
+}
 
 // selectEventsSQL reads a page of a job's events. Every column read is
 // three cgo calls, so the columns a log event leaves empty come as one,
@@ -91,23 +139,36 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 		s.Close()
 		return nil, fmt.Errorf("migrate: %w", err)
 	}
-	// Checkpoint the WAL into the database every walCheckpointPages
-	// pages rather than SQLite's 1000: each checkpoint costs an fsync and
-	// a pass over the file, and at 1000 pages they made up a third of the
-	// cost of a stream of writes. The pragma belongs to the connection:
-	// the writer's one connection is kept open for good (should it ever
-	// be reopened, checkpoints happen at the default size again, which is
-	// only slower). journal_size_limit truncates the WAL back to that size
-	// after a checkpoint that let it grow past it.
+	// The writer never checkpoints the WAL into the database itself, but
+	// for a backstop far away: a checkpoint runs inside the commit that
+	// triggers it, fsync included, and held up that commit's events, and
+	// every line written meanwhile, by about 100 ms. The checkpointer
+	// does it instead, from a connection of its own (see checkpointLoop).
+	// The pragma belongs to the connection: the writer's one connection
+	// is kept open for good. journal_size_limit truncates the WAL back to
+	// that size once a checkpoint has let it start over.
 	for _, pragma := range []string{
-		fmt.Sprintf("PRAGMA wal_autocheckpoint=%d", walCheckpointPages),
-		fmt.Sprintf("PRAGMA journal_size_limit=%d", walCheckpointPages*4096),
+		fmt.Sprintf("PRAGMA wal_autocheckpoint=%d", backstopCheckpointPages),
+		fmt.Sprintf("PRAGMA journal_size_limit=%d", walSizeLimit),
 	} {
 		if _, err := s.wdb.ExecContext(ctx, pragma); err != nil {
 			s.Close()
 			return nil, fmt.Errorf("open store: %s: %w", pragma, err)
 		}
 	}
+	c, err := openDB(dsn, pragmas+"&_journal_mode=WAL&_synchronous=NORMAL", false)
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	s.c = c
+	if s.cdb, err = setPool(c, 1); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	cctx, stop := context.WithCancel(context.Background())
+	s.stopCheckpoints, s.checkpointerDone = stop, make(chan struct{})
+	go s.checkpointLoop(cctx)
 	if err := s.ws.prepare(ctx, s.wdb); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("open store: %w", err)
@@ -156,9 +217,13 @@ func setPool(db *gorm.DB, n int) (*sql.DB, error) {
 
 // Close closes the database. The Store must not be used afterwards.
 func (s *Store) Close() error {
+	if s.stopCheckpoints != nil {
+		s.stopCheckpoints()
+		<-s.checkpointerDone
+	}
 	s.ws.close()
 	var errs []error
-	for _, db := range []*gorm.DB{s.r, s.w} {
+	for _, db := range []*gorm.DB{s.r, s.c, s.w} {
 		if db == nil {
 			continue
 		}

@@ -584,7 +584,7 @@ func TestStore_Pragmas(t *testing.T) {
 		"synchronous":        "1", // NORMAL
 		"foreign_keys":       "1",
 		"busy_timeout":       "5000",
-		"wal_autocheckpoint": "16384",
+		"wal_autocheckpoint": "65536", // a backstop: the checkpointer does it
 		"journal_size_limit": "67108864",
 	} {
 		got, err := s.Pragma(ctx, name)
@@ -748,5 +748,23 @@ func TestPhaseSavedWithEvents(t *testing.T) {
 	evs, err := s.Events(ctx, job.ID, 1, 10)
 	if err != nil || len(evs) != 1 || evs[0].Type != jobs.EventPhase || evs[0].Phase != jobs.PhaseInstall {
 		t.Fatalf("events %+v (%v), want one install phase event", evs, err)
+	}
+}
+
+// TestCheckpointerMovesTheWAL checks that committed events are
+// checkpointed into the database by the background checkpointer (the
+// writer's own automatic checkpoints are only a far backstop).
+func TestCheckpointerMovesTheWAL(t *testing.T) {
+	s := MustOpen(t)
+	job := MustCreateJob(t, s)
+	if err := s.AppendEvents(context.Background(), job, logEvents(job, 2, 50)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Checkpoints() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no checkpoint within 10s of a commit")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
