@@ -33,9 +33,13 @@ type Subscription struct {
 	// C delivers events in seq order. It is closed when the subscription
 	// overflowed (the reader was too slow) or was closed. After an overflow
 	// some published events were not delivered: read them from the store.
-	C <-chan Event
+	// The events are shared with every other subscriber: read them, never
+	// modify them. (Pointers keep a subscription's buffer small: 8 bytes
+	// an event instead of the event's 200-odd, times thousands of
+	// watchers.)
+	C <-chan *Event
 
-	c      chan Event
+	c      chan *Event
 	b      *Broker
 	jobID  string
 	closed bool // guarded by b.mu
@@ -48,7 +52,7 @@ func (b *Broker) Subscribe(jobID string, buffer int) *Subscription {
 	if buffer <= 0 {
 		buffer = DefaultSubscriptionBuffer
 	}
-	c := make(chan Event, buffer)
+	c := make(chan *Event, buffer)
 	s := &Subscription{C: c, c: c, b: b, jobID: jobID}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -62,14 +66,15 @@ func (b *Broker) Subscribe(jobID string, buffer int) *Subscription {
 }
 
 // Publish delivers events, which must already be persisted and be in seq
-// order, to every subscriber of jobID without blocking.
+// order, to every subscriber of jobID without blocking. Subscribers get
+// pointers into events, which must not be modified afterwards.
 func (b *Broker) Publish(jobID string, events []Event) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for s := range b.subs[jobID] {
-		for _, ev := range events {
+		for i := range events {
 			select {
-			case s.c <- ev:
+			case s.c <- &events[i]:
 			default:
 				// Slow reader: drop the subscription rather than buffer
 				// without bound. The reader sees C closed and falls back to

@@ -233,7 +233,7 @@ func TestPublishedEventsCarryTheirJSON(t *testing.T) {
 			t.Fatal("subscription closed early")
 		}
 		n++
-		plain := ev
+		plain := *ev
 		plain.Raw = nil
 		want, _ := json.Marshal(&plain)
 		if string(ev.Raw) != string(want) {

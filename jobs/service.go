@@ -369,7 +369,7 @@ func (s *Service) follow(ctx context.Context, sub *Subscription, id string, last
 			if ev.Seq != *last+1 {
 				return false, nil // cannot happen without overflow; recover anyway
 			}
-			if done, err := deliver(ev); done || err != nil {
+			if done, err := deliver(*ev); done || err != nil {
 				return done, err
 			}
 		}
