@@ -23,14 +23,13 @@ const (
 	LabelJob = "ci.job"
 	// LogDriver is the log driver of every test container.
 	LogDriver = "json-file"
-	// Results is an anonymous volume for what pytest reports about the
-	// run, read back after the container has exited (the tmpfs at /tmp is
-	// gone by then). Its root is owned by root (0755); only ReportDir in
-	// it is writable, by the test user.
-	Results = "/ci-results"
 	// ReportDir is the directory, owned by the test user with mode 0700,
-	// where pytest writes ReportFile.
-	ReportDir = Results + "/junit"
+	// where pytest writes ReportFile: in the project's volume, which
+	// outlives the exit (the tmpfs at /tmp does not), made by the same
+	// copy as the project. It is the only place there the tests may
+	// write. A project's own entries under it are dropped (see
+	// withReportDir).
+	ReportDir = Workspace + "/.ci-results"
 	// ReportFile is pytest's JUnit XML report.
 	ReportFile = ReportDir + "/report.xml"
 	// JUnitFamily is the JUnit XML flavour pytest writes: xunit1 gives
@@ -234,11 +233,9 @@ func containerConfig(spec jobs.Spec, image string, lim Limits, deps string) (*co
 		// An anonymous volume, so the project can be copied in although
 		// the root fs is read-only. Its root directory and the copied
 		// entries are owned by root (0755/0644), so the tests can read
-		// but not write them. Removed with the container.
-		//
-		// Results likewise, with only ReportDir made writable for the
-		// test user (see resultsTar): pytest's report outlives the exit.
-		Volumes: map[string]struct{}{Workspace: {}, Results: {}},
+		// but not write them, except ReportDir (see withReportDir), where
+		// pytest's report outlives the exit. Removed with the container.
+		Volumes: map[string]struct{}{Workspace: {}},
 		// A stop (Run canceled, or a `docker stop` by hand) sends SIGTERM,
 		// whatever the image says, and SIGKILL after the grace.
 		StopSignal:  "SIGTERM",

@@ -37,7 +37,7 @@ func TestContainerConfig(t *testing.T) {
 			spec:  jobs.Spec{JobID: "job1", Archive: "/tmp/x.zip"},
 			image: "ci-python:latest",
 			lim:   mustLimits(t, DockerConfig{}),
-			wantCmd: []string{"python", "-c", pytestLauncher, "--junitxml=/ci-results/junit/report.xml",
+			wantCmd: []string{"python", "-c", pytestLauncher, "--junitxml=/workspace/.ci-results/report.xml",
 				"-o", "junit_family=xunit1", "-p", "no:cacheprovider"},
 			wantTmpfs:    "rw,exec,nosuid,nodev,size=536870912,mode=1777",
 			wantNanoCPUs: 1e9,
@@ -49,7 +49,7 @@ func TestContainerConfig(t *testing.T) {
 			image: "python:3.12-slim",
 			lim: mustLimits(t, DockerConfig{User: "1000:1000", Memory: 64 << 20, CPUs: 0.5,
 				Pids: 32, TmpfsSize: 16 << 20, StopGrace: 1500 * time.Millisecond}),
-			wantCmd: []string{"python", "-c", pytestLauncher, "--junitxml=/ci-results/junit/report.xml",
+			wantCmd: []string{"python", "-c", pytestLauncher, "--junitxml=/workspace/.ci-results/report.xml",
 				"-o", "junit_family=xunit1", "-p", "no:cacheprovider", "-k", "a and not b", "$(reboot)"},
 			wantTmpfs:    "rw,exec,nosuid,nodev,size=16777216,mode=1777",
 			wantNanoCPUs: 5e8,
@@ -60,7 +60,7 @@ func TestContainerConfig(t *testing.T) {
 			spec:  jobs.Spec{JobID: "job3", Args: []string{"--junitxml=mine.xml", "-o", "junit_family=xunit2"}},
 			image: "ci-python:latest",
 			lim:   mustLimits(t, DockerConfig{}),
-			wantCmd: []string{"python", "-c", pytestLauncher, "--junitxml=/ci-results/junit/report.xml",
+			wantCmd: []string{"python", "-c", pytestLauncher, "--junitxml=/workspace/.ci-results/report.xml",
 				"-o", "junit_family=xunit1", "-p", "no:cacheprovider",
 				"--junitxml=mine.xml", "-o", "junit_family=xunit2"},
 			wantTmpfs:    "rw,exec,nosuid,nodev,size=536870912,mode=1777",
@@ -86,7 +86,7 @@ func TestContainerConfig(t *testing.T) {
 			if want := map[string]string{"ci.job": tt.spec.JobID}; !reflect.DeepEqual(cfg.Labels, want) {
 				t.Errorf("Labels=%v, want %v", cfg.Labels, want)
 			}
-			if want := map[string]struct{}{"/workspace": {}, "/ci-results": {}}; !reflect.DeepEqual(cfg.Volumes, want) {
+			if want := map[string]struct{}{"/workspace": {}}; !reflect.DeepEqual(cfg.Volumes, want) {
 				t.Errorf("Volumes=%v, want %v", cfg.Volumes, want)
 			}
 			if cfg.Tty || cfg.OpenStdin || cfg.AttachStdin {

@@ -392,8 +392,8 @@ func watchLeftovers(t *testing.T, ex jobs.Executor, jobID string, rec *recorder)
 			for _, c := range list {
 				t.Errorf("container %s (label %s=%s, state %s) left behind", shortID(c.ID), LabelJob, jobID, c.State)
 			}
-			if seen && len(volumes) != 2 {
-				t.Errorf("the job's container had volumes %q, want exactly two (/workspace, /ci-results)", volumes)
+			if seen && len(volumes) != 1 {
+				t.Errorf("the job's container had volumes %q, want exactly one (/workspace)", volumes)
 			}
 			for _, v := range volumes {
 				_, err := ex.cli.VolumeInspect(ctx, v)

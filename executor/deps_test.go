@@ -454,7 +454,7 @@ func TestDockerNoPytest(t *testing.T) {
 	files["requirements.txt"] += "./wheels/" + name + "\n"
 	res, rec, err := runDeps(t, d, newSpec(t, files))
 	mustPass(t, res, rec, err)
-	if out := rec.phaseText(jobs.PhaseTest, jobs.StreamStdout); !strings.Contains(out, "stand-in pytest ['--junitxml=/ci-results/junit/report.xml', '-o']") {
+	if out := rec.phaseText(jobs.PhaseTest, jobs.StreamStdout); !strings.Contains(out, "stand-in pytest ['--junitxml=/workspace/.ci-results/report.xml', '-o']") {
 		t.Fatalf("test output %q: want the requirements' pytest, run with ci's arguments", out)
 	}
 }

@@ -139,8 +139,8 @@ func (d *Docker) Close() error {
 
 // Run implements jobs.Executor. It makes sure the image is there (pulling
 // it if needed), creates a sandboxed container labelled ci.job=<job ID>
-// with anonymous volumes at /workspace and /ci-results, copies the project
-// in (and makes ReportDir for pytest's report), attaches
+// with an anonymous volume at /workspace, copies the project
+// in (with ReportDir for pytest's report), attaches
 // to its output, starts it and streams stdout and stderr to out as they are
 // written.
 //
@@ -153,7 +153,7 @@ func (d *Docker) Close() error {
 // When the tests end by themselves, Run returns their exit code, with
 // MemoryLimit set to Limits().Memory, and Report set to pytest's per-test
 // results if pytest wrote its JUnit XML report (ReportFile, in the
-// Results volume); a missing or unreadable report is no error: Report is
+// project's volume); a missing or unreadable report is no error: Report is
 // then nil. If the kernel killed pytest for going over the memory limit,
 // OOMKilled is set too (the exit code is then 137).
 //
@@ -293,10 +293,12 @@ const exitKilled = 137
 // follows it to its end. started reports whether the container was
 // started.
 func (d *Docker) run(ctx, prep context.Context, id string, entries []tarEntry, out jobs.Output, log *slog.Logger) (res jobs.Result, started bool, err error) {
-	if err := d.copyProject(prep, id, entries, 0, 0); err != nil {
+	uid, gid, err := parseUser(d.limits.User)
+	if err != nil {
 		return jobs.Result{}, false, err
 	}
-	if err := d.copyResults(prep, id); err != nil {
+	// Root owns the project; the test user owns ReportDir.
+	if err := d.copyProject(prep, id, withReportDir(entries, uid, gid), 0, 0); err != nil {
 		return jobs.Result{}, false, err
 	}
 	log.Debug("project copied")

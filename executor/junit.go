@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"path"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,7 +17,6 @@ import (
 	"unicode/utf8"
 
 	cerrdefs "github.com/containerd/errdefs"
-	"github.com/docker/docker/api/types/container"
 
 	"ci/jobs"
 )
@@ -33,51 +31,31 @@ const (
 	maxMessage = 4 << 10
 )
 
-// resultsTar returns the tar copied into the Results volume before the
-// container starts: ReportDir, owned by user's uid:gid (a checked
-// "uid:gid") with mode 0700, so the tests can write there and nowhere else
-// in the volume.
-func resultsTar(user string) ([]byte, error) {
-	uid, gid, _ := strings.Cut(user, ":")
-	u, err := strconv.Atoi(uid)
-	if err != nil {
-		return nil, fmt.Errorf("user %q: %w", user, err)
-	}
-	g, err := strconv.Atoi(gid)
-	if err != nil {
-		return nil, fmt.Errorf("user %q: %w", user, err)
-	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	err = tw.WriteHeader(&tar.Header{
-		Typeflag: tar.TypeDir,
-		Name:     path.Base(ReportDir) + "/",
-		Mode:     0o700,
-		Uid:      u,
-		Gid:      g,
-		ModTime:  time.Unix(0, 0),
-	})
-	if err == nil {
-		err = tw.Close()
-	}
-	if err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
-}
+// reportDirName is ReportDir relative to Workspace.
+var reportDirName = strings.TrimPrefix(ReportDir, Workspace+"/")
 
-// copyResults makes ReportDir in the created container id's Results
-// volume.
-func (d *Docker) copyResults(ctx context.Context, id string) error {
-	b, err := resultsTar(d.limits.User)
-	if err != nil {
-		return fmt.Errorf("results directory: %w", err)
+// withReportDir returns the project's entries without any under
+// ReportDir (reserved: a project must not bring its own report), followed
+// by ReportDir itself, owned by uid:gid with mode 0700: so the one copy
+// that puts the project into the container also makes the only place
+// there that the tests may write.
+func withReportDir(entries []tarEntry, uid, gid int) []tarEntry {
+	out := make([]tarEntry, 0, len(entries)+1)
+	for _, e := range entries {
+		name := strings.TrimSuffix(e.hdr.Name, "/")
+		if name == reportDirName || strings.HasPrefix(name, reportDirName+"/") {
+			continue
+		}
+		out = append(out, e)
 	}
-	err = d.cli.CopyToContainer(ctx, id, Results, bytes.NewReader(b), container.CopyToContainerOptions{})
-	if err != nil {
-		return fmt.Errorf("copy results directory into container: %w", err)
-	}
-	return nil
+	return append(out, tarEntry{hdr: &tar.Header{
+		Typeflag: tar.TypeDir,
+		Name:     reportDirName + "/",
+		Mode:     0o700,
+		Uid:      uid,
+		Gid:      gid,
+		ModTime:  time.Unix(0, 0),
+	}})
 }
 
 // report reads pytest's report from the exited container id and returns

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -226,18 +227,31 @@ func TestParseJUnitErrors(t *testing.T) {
 	}
 }
 
-func TestResultsTar(t *testing.T) {
-	b, err := resultsTar("1000:2000")
-	if err != nil {
-		t.Fatal(err)
+func TestWithReportDir(t *testing.T) {
+	entries := planFiles(t, map[string]string{
+		"test_a.py":               "",
+		".ci-results/report.xml":  "<forged/>",
+		".ci-results-other/x.txt": "kept",
+	})
+	got := withReportDir(entries, 1000, 2000)
+	var names []string
+	for _, e := range got {
+		names = append(names, e.hdr.Name)
 	}
-	got := readTar(t, b)
-	want := []tarItem{{Name: "junit/", Typeflag: tar.TypeDir, Mode: 0o700, UID: 1000, GID: 2000}}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("resultsTar=%+v, want %+v", got, want)
+	last := got[len(got)-1].hdr
+	if last.Name != ".ci-results/" || last.Typeflag != tar.TypeDir || last.Mode != 0o700 || last.Uid != 1000 || last.Gid != 2000 {
+		t.Errorf("last entry %+v, want .ci-results/ owned by 1000:2000, 0700", last)
 	}
-	if ReportFile != Results+"/junit/report.xml" {
-		t.Errorf("ReportFile=%q is not in the directory resultsTar makes", ReportFile)
+	for _, n := range names[:len(names)-1] {
+		if strings.HasPrefix(n, ".ci-results/") || n == ".ci-results/" {
+			t.Errorf("entries %q: the project's own %s was kept", names, n)
+		}
+	}
+	if !slices.Contains(names, ".ci-results-other/x.txt") || !slices.Contains(names, "test_a.py") {
+		t.Errorf("entries %q: want the project's other files", names)
+	}
+	if ReportFile != Workspace+"/.ci-results/report.xml" {
+		t.Errorf("ReportFile=%q is not in the directory withReportDir makes", ReportFile)
 	}
 }
 
@@ -306,11 +320,7 @@ def test_sandbox():
     assert not os.access("/workspace", os.W_OK)
     with pytest.raises(PermissionError):
         open("/workspace/x", "w")
-    st = os.stat("/ci-results")
-    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o755)
-    with pytest.raises(PermissionError):
-        open("/ci-results/x", "w")
-    st = os.stat("/ci-results/junit")
+    st = os.stat("/workspace/.ci-results")
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (os.getuid(), os.getgid(), 0o700)
     if os.environ.get("CI_TEST_SLOW"):
         print("marker", flush=True)
