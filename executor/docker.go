@@ -297,20 +297,27 @@ func (d *Docker) run(ctx, prep context.Context, id string, entries []tarEntry, o
 	if err != nil {
 		return jobs.Result{}, false, err
 	}
-	// Root owns the project; the test user owns ReportDir.
-	if err := d.copyProject(prep, id, withReportDir(entries, uid, gid), 0, 0); err != nil {
+	// The copy and the attach do not depend on each other: both at once,
+	// a few milliseconds off every job's start.
+	copied := make(chan error, 1)
+	go func() {
+		// Root owns the project; the test user owns ReportDir.
+		copied <- d.copyProject(prep, id, withReportDir(entries, uid, gid), 0, 0)
+	}()
+	// Attach before start, so no output is missed and partial lines arrive
+	// as they are written (the logs endpoint waits for the newline).
+	hj, aerr := d.cli.ContainerAttach(prep, id, container.AttachOptions{Stream: true, Stdout: true, Stderr: true})
+	if aerr == nil {
+		defer hj.Close()
+	}
+	if err := <-copied; err != nil {
 		return jobs.Result{}, false, err
+	}
+	if aerr != nil {
+		return jobs.Result{}, false, fmt.Errorf("attach to container: %w", aerr)
 	}
 	log.Debug("project copied")
 	d.step("copied", id)
-
-	// Attach before start, so no output is missed and partial lines arrive
-	// as they are written (the logs endpoint waits for the newline).
-	hj, err := d.cli.ContainerAttach(prep, id, container.AttachOptions{Stream: true, Stdout: true, Stderr: true})
-	if err != nil {
-		return jobs.Result{}, false, fmt.Errorf("attach to container: %w", err)
-	}
-	defer hj.Close()
 
 	// Register the wait before start, so the exit cannot be missed.
 	// Canceling waitCtx (on return) ends the wait in every case.
