@@ -14,7 +14,6 @@ import (
 	"ci/client"
 
 	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/filters"
 )
 
 // kill ends the server with SIGKILL: no shutdown code runs.
@@ -130,10 +129,7 @@ func TestKillServerMidJob(t *testing.T) {
 // jobContainer returns the ID and state of the job's container.
 func jobContainer(t *testing.T, id string) (string, string) {
 	t.Helper()
-	list, err := dockerClient(t).ContainerList(context.Background(), container.ListOptions{
-		All:     true,
-		Filters: filters.NewArgs(filters.Arg("label", "ci.job="+id)),
-	})
+	list, err := jobContainers(t, id)
 	if err != nil || len(list) != 1 {
 		t.Fatalf("containers of job %s: %d, %v; want 1", id, len(list), err)
 	}

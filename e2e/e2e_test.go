@@ -281,14 +281,26 @@ func TestMissingImage(t *testing.T) {
 	}
 }
 
-// containersOf returns how many containers (running or not) carry the
-// job's label.
+// jobContainers lists the containers of a job, running or not: a cold one
+// carries the label ci.job=<id>; a warm one the job claimed is named
+// ci-job-<id> instead (labels can't be added after creation).
+func jobContainers(t *testing.T, id string) ([]container.Summary, error) {
+	t.Helper()
+	cli := dockerClient(t)
+	byLabel, err := cli.ContainerList(context.Background(), container.ListOptions{All: true,
+		Filters: filters.NewArgs(filters.Arg("label", "ci.job="+id))})
+	if err != nil {
+		return nil, err
+	}
+	byName, err := cli.ContainerList(context.Background(), container.ListOptions{All: true,
+		Filters: filters.NewArgs(filters.Arg("name", "^/ci-job-"+id+"$"))})
+	return append(byLabel, byName...), err
+}
+
+// containersOf returns how many containers (running or not) the job has.
 func containersOf(t *testing.T, id string) int {
 	t.Helper()
-	list, err := dockerClient(t).ContainerList(context.Background(), container.ListOptions{
-		All:     true,
-		Filters: filters.NewArgs(filters.Arg("label", "ci.job="+id)),
-	})
+	list, err := jobContainers(t, id)
 	if err != nil {
 		t.Fatal(err)
 	}

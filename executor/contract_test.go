@@ -12,8 +12,6 @@ import (
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
-	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/filters"
 
 	"ci/jobs"
 )
@@ -381,10 +379,7 @@ func watchLeftovers(t *testing.T, ex jobs.Executor, jobID string, rec *recorder)
 			defer mu.Unlock()
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			list, err := ex.cli.ContainerList(ctx, container.ListOptions{
-				All:     true,
-				Filters: filters.NewArgs(filters.Arg("label", LabelJob+"="+jobID)),
-			})
+			list, err := ex.jobContainers(ctx, jobID)
 			if err != nil {
 				t.Errorf("list containers: %v", err) // not Fatal: may run in a goroutine
 				return
@@ -415,10 +410,7 @@ func watchLeftovers(t *testing.T, ex jobs.Executor, jobID string, rec *recorder)
 func jobVolumes(d *Docker, jobID string) ([]string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	list, err := d.cli.ContainerList(ctx, container.ListOptions{
-		All:     true,
-		Filters: filters.NewArgs(filters.Arg("label", LabelJob+"="+jobID)),
-	})
+	list, err := d.jobContainers(ctx, jobID)
 	if err != nil {
 		return nil, err
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
@@ -59,6 +60,15 @@ type DockerConfig struct {
 	// Deps configures the dependency phase of projects with a
 	// requirements.txt, and its cache.
 	Deps DepsConfig
+	// Warm is how many test containers StartPool keeps created and
+	// started ahead of any job (see pool.go); 0 keeps none. Jobs with
+	// dependencies always start a cold one (their mount is per job).
+	Warm int
+	// PoolOwner names this server's warm containers (label
+	// ci.pool=<owner>), so that StartPool removes the unclaimed ones an
+	// earlier run of the same server left, and never another server's.
+	// Empty means a random owner.
+	PoolOwner string
 	// Logger receives the executor's logs; nil discards them.
 	Logger *slog.Logger
 	// Metrics receives the executor's measurements; nil measures nothing.
@@ -81,6 +91,10 @@ type Docker struct {
 	log     *slog.Logger
 	deps    *depsCache
 	metrics Metrics
+
+	warmSize  int
+	poolOwner string
+	pool      *pool // nil until StartPool
 
 	// hook, if set (by tests), is called after each step of a run
 	// ("created", "copied", "started") with the container's ID.
@@ -113,7 +127,11 @@ func NewDocker(cfg DockerConfig) (*Docker, error) {
 	if cfg.Metrics != nil {
 		metrics = cfg.Metrics
 	}
-	return &Docker{cli: cli, image: img, limits: lim, log: log, deps: newDepsCache(cfg.Deps), metrics: metrics}, nil
+	if cfg.Warm < 0 {
+		return nil, fmt.Errorf("docker executor: warm containers %d: want 0 or more", cfg.Warm)
+	}
+	return &Docker{cli: cli, image: img, limits: lim, log: log, deps: newDepsCache(cfg.Deps), metrics: metrics,
+		warmSize: cfg.Warm, poolOwner: poolOwner(cfg.PoolOwner)}, nil
 }
 
 // Limits returns the identity and limits every test container runs with,
@@ -132,12 +150,18 @@ func (d *Docker) Ping(ctx context.Context) error {
 	return nil
 }
 
-// Close releases the client's resources. Runs in progress are not stopped.
+// Close removes the warm containers no job has claimed and releases the
+// client's resources. Runs in progress are not stopped.
 func (d *Docker) Close() error {
+	d.stopPool()
 	return d.cli.Close()
 }
 
-// Run implements jobs.Executor. It makes sure the image is there (pulling
+// Run implements jobs.Executor. When the pool (StartPool) has a warm
+// container and the project has no dependencies, Run takes it instead of
+// creating one (see runWarm): everything below holds the same, except
+// that the container is named ci-job-<job ID> rather than labelled.
+// Otherwise it makes sure the image is there (pulling
 // it if needed), creates a sandboxed container labelled ci.job=<job ID>
 // with an anonymous volume at /workspace, copies the project
 // in (with ReportDir for pytest's report), attaches
@@ -238,6 +262,20 @@ func (d *Docker) Run(ctx context.Context, spec jobs.Spec, out jobs.Output) (jobs
 		// The very image the venv was made for, even if the tag has
 		// moved since.
 		image, deps = imageID, depsVolume(key)
+	}
+
+	// A warm container, when there is one (not for dependencies: their
+	// volume is mounted at the create).
+	if d.pool != nil && deps == "" {
+		if w := d.pool.take(); w != nil {
+			res, ok, err := d.runWarm(ctx, prep, spec, w, entries, out, log)
+			if ok {
+				if err != nil {
+					return jobs.Result{}, ctxErr(ctx, err)
+				}
+				return res, nil
+			}
+		}
 	}
 
 	// Create on a context that is not canceled with ctx: a create that
@@ -341,23 +379,32 @@ func (d *Docker) run(ctx, prep context.Context, id string, entries []tarEntry, o
 	log.Debug("container started")
 	d.step("started", id)
 
+	res, err = d.follow(ctx, id, hj, waited, entries, out, log, start)
+	return res, true, err
+}
+
+// follow streams the output of the started container id from its attach
+// hj to out until it ends, waits for its exit (waited) and returns how it
+// ended, with pytest's report.
+func (d *Docker) follow(ctx context.Context, id string, hj types.HijackedResponse, waited <-chan waitResult,
+	entries []tarEntry, out jobs.Output, log *slog.Logger, start time.Time) (jobs.Result, error) {
 	stdout := &streamWriter{out: out, stream: jobs.StreamStdout, text: &logText{}}
 	stderr := &streamWriter{out: out, stream: jobs.StreamStderr, text: &logText{}}
 	if err := d.copyOutput(ctx, id, hj.Reader, hj.Close, stdout, stderr, log); err != nil {
-		return jobs.Result{}, true, err
+		return jobs.Result{}, err
 	}
 	// The output has ended: the container has exited or is about to.
 	if err := waitExit(ctx, waited); err != nil {
-		return jobs.Result{}, true, err
+		return jobs.Result{}, err
 	}
-	res, err = d.result(ctx, id, out, log)
+	res, err := d.result(ctx, id, out, log)
 	if err != nil {
-		return jobs.Result{}, true, err
+		return jobs.Result{}, err
 	}
 	res.Report = d.report(ctx, id, projectFiles(entries), log)
 	log.Info("container exited", "exit_code", res.ExitCode, "oom_killed", res.OOMKilled,
 		"duration", time.Since(start).Round(time.Millisecond))
-	return res, true, nil
+	return res, nil
 }
 
 // waitResult is the outcome of a ContainerWait.

@@ -56,10 +56,7 @@ func (d *Docker) Reattach(ctx context.Context, spec jobs.Spec, out jobs.Output) 
 	// canceled Reattach still stops and removes the job's container.
 	lookCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), removeTimeout)
 	defer cancel()
-	list, err := d.cli.ContainerList(lookCtx, container.ListOptions{
-		All:     true,
-		Filters: filters.NewArgs(filters.Arg("label", LabelJob+"="+spec.JobID)),
-	})
+	list, err := d.jobContainers(lookCtx, spec.JobID)
 	if err != nil {
 		return jobs.Result{}, fmt.Errorf("find the container of job %s: %w", spec.JobID, err)
 	}
@@ -94,7 +91,7 @@ func (d *Docker) Reattach(ctx context.Context, spec jobs.Spec, out jobs.Output) 
 		return jobs.Result{}, fmt.Errorf("inspect container of job %s: no state", spec.JobID)
 	}
 	state := info.State
-	if state.Status == "created" {
+	if state.Status == "created" || !d.warmStarted(lookCtx, info) {
 		log.Info("reattach: the container was never started; removing it")
 		return jobs.Result{}, fmt.Errorf("container of job %s was created but never started (removed it): %w",
 			spec.JobID, jobs.ErrGone)
@@ -191,4 +188,32 @@ func gone(job, what string, err error) error {
 		return fmt.Errorf("container of job %s was removed by someone else (%s: %w): %w", job, what, err, jobs.ErrGone)
 	}
 	return err
+}
+
+// jobContainers lists the containers of job: the cold one, labelled with
+// it, or the warm one it claimed, named after it.
+func (d *Docker) jobContainers(ctx context.Context, job string) ([]container.Summary, error) {
+	byLabel, err := d.cli.ContainerList(ctx, container.ListOptions{All: true,
+		Filters: filters.NewArgs(filters.Arg("label", LabelJob+"="+job))})
+	if err != nil {
+		return nil, err
+	}
+	byName, err := d.cli.ContainerList(ctx, container.ListOptions{All: true,
+		Filters: filters.NewArgs(filters.Arg("name", "^/"+jobContainerName(job)+"$"))})
+	if err != nil {
+		return nil, err
+	}
+	return append(byLabel, byName...), nil
+}
+
+// warmStarted reports whether the container of info, if it is a warm
+// one, got its job's arguments (its launcher wrote StartedFile): a server
+// that died between claiming it and writing them leaves one waiting for
+// ever, whose tests never started. A cold container counts as started.
+func (d *Docker) warmStarted(ctx context.Context, info container.InspectResponse) bool {
+	if info.Config == nil || info.Config.Labels[LabelPool] == "" {
+		return true
+	}
+	_, err := d.cli.ContainerStatPath(ctx, info.ID, StartedFile)
+	return err == nil
 }

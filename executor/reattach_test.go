@@ -11,7 +11,6 @@ import (
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/filters"
 
 	"ci/jobs"
 )
@@ -443,10 +442,7 @@ func jobContainer(t *testing.T, d *Docker, job string) *container.Summary {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	list, err := d.cli.ContainerList(ctx, container.ListOptions{
-		All:     true,
-		Filters: filters.NewArgs(filters.Arg("label", LabelJob+"="+job)),
-	})
+	list, err := d.jobContainers(ctx, job)
 	if err != nil {
 		t.Fatalf("list containers: %v", err)
 	}
@@ -474,10 +470,7 @@ func cleanupJob(ex jobs.Executor, job string) {
 	case *Docker:
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		list, err := ex.cli.ContainerList(ctx, container.ListOptions{
-			All:     true,
-			Filters: filters.NewArgs(filters.Arg("label", LabelJob+"="+job)),
-		})
+		list, err := ex.jobContainers(ctx, job)
 		if err != nil {
 			return
 		}

@@ -4,6 +4,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -85,7 +87,9 @@ type Main struct {
 	InstallNetwork string
 	DepsCacheMax   int
 	DepsCacheSize  int64
-	LogLevel       string
+	// Warm is how many test containers are kept started ahead of jobs.
+	Warm     int
+	LogLevel string
 	// Pprof is the address of a separate listener serving net/http/pprof
 	// under /debug/pprof/; "" serves none. It is never served on Addr, has
 	// no auth, and belongs on loopback.
@@ -126,6 +130,7 @@ func NewMain() *Main {
 		InstallNetwork: executor.DefaultInstallNetwork,
 		DepsCacheMax:   50,
 		DepsCacheSize:  10 << 30,
+		Warm:           2,
 		LogLevel:       "info",
 	}
 }
@@ -161,6 +166,8 @@ func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
 		"most dependency sets (venvs) kept; past it the least recently used go (0: no limit)")
 	fs.Int64Var(&m.DepsCacheSize, "deps-cache-size", m.DepsCacheSize,
 		"most bytes the kept venvs may take together, the same way (0: no limit)")
+	fs.IntVar(&m.Warm, "warm", m.Warm,
+		"test containers kept created and started ahead of jobs, so a job starts without waiting for one (0: none)")
 	fs.StringVar(&m.LogLevel, "log-level", m.LogLevel, "log level: debug, info, warn or error")
 	fs.StringVar(&m.Pprof, "pprof", m.Pprof,
 		"serve net/http/pprof on this separate address, e.g. 127.0.0.1:6060 (no auth: keep it on loopback; default off)")
@@ -206,6 +213,9 @@ func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
 	}
 	if m.InstallNetwork == "" {
 		return errors.New("--install-network must not be empty (\"none\" for no network)")
+	}
+	if m.Warm < 0 {
+		return fmt.Errorf("--warm must not be negative, got %d", m.Warm)
 	}
 	if m.DepsCacheMax < 0 || m.DepsCacheSize < 0 {
 		return errors.New("--deps-cache-max and --deps-cache-size must not be negative (0: no limit)")
@@ -257,6 +267,8 @@ func (m *Main) Run(ctx context.Context) error {
 			TmpfsSize: m.TmpfsSize,
 			StopGrace: m.StopGrace,
 			Deps:      depsConfig(m.DataDir, m.InstallNetwork, m.DepsCacheMax, m.DepsCacheSize),
+			Warm:      m.Warm,
+			PoolOwner: poolOwner(m.DataDir),
 			Logger:    m.Log.With("component", "docker"),
 			Metrics:   m.metrics,
 		})
@@ -271,6 +283,9 @@ func (m *Main) Run(ctx context.Context) error {
 			m.Log.Warn("no Docker engine answers; jobs will fail until one does", "err", err)
 		}
 		cancel()
+		// Unclaimed warm containers of an earlier server go first; claimed
+		// ones are jobs, which the service re-attaches.
+		d.StartPool(ctx)
 		exec = d
 	}
 
@@ -428,6 +443,18 @@ func depsConfig(dataDir, network string, max int, size int64) executor.DepsConfi
 		MaxBytes:   size,
 		StateFile:  filepath.Join(dataDir, "deps-usage.json"),
 	}
+}
+
+// poolOwner names this server's warm containers after its data dir, so
+// that a restarted server removes the unclaimed ones it left, and never
+// those of another server on the same engine.
+func poolOwner(dataDir string) string {
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
+		abs = dataDir
+	}
+	sum := sha256.Sum256([]byte(abs))
+	return "data-" + hex.EncodeToString(sum[:8])
 }
 
 // secrets lists the values masked in job output.

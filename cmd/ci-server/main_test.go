@@ -119,7 +119,10 @@ func TestParseFlagsDeps(t *testing.T) {
 	if m.InstallNetwork != "none" || m.DepsCacheMax != 3 || m.DepsCacheSize != 0 {
 		t.Fatalf("parsed network %q, max %d, size %d", m.InstallNetwork, m.DepsCacheMax, m.DepsCacheSize)
 	}
-	for _, bad := range [][]string{{"--install-network", ""}, {"--deps-cache-max", "-1"}, {"--deps-cache-size", "-5"}} {
+	if NewMain().Warm != 2 {
+		t.Fatalf("default --warm %d, want 2", NewMain().Warm)
+	}
+	for _, bad := range [][]string{{"--install-network", ""}, {"--deps-cache-max", "-1"}, {"--deps-cache-size", "-5"}, {"--warm", "-1"}} {
 		if err := NewMain().ParseFlags(bad, io.Discard); err == nil {
 			t.Errorf("ParseFlags(%q) succeeded, want an error", bad)
 		}
