@@ -9,6 +9,8 @@
 package metrics
 
 import (
+	"context"
+	"log/slog"
 	"net/http"
 	"time"
 
@@ -157,6 +159,39 @@ func (m *Metrics) ObserveLoad(load func() jobs.Load) {
 		queued:  prometheus.NewDesc("ci_jobs_queued", "Jobs waiting in the queue (queue depth).", nil, nil),
 		running: prometheus.NewDesc("ci_jobs_running", "Jobs running, including those left running by a previous server and not re-attached yet.", nil, nil),
 	})
+}
+
+// ObserveStatuses registers the gauge ci_jobs{status}: how many stored
+// jobs have each status, read from count at each scrape (for example
+// persistence.Store.CountJobsByStatus), so it is right across restarts.
+// A failed count leaves the gauge out of that scrape. Call it once.
+func (m *Metrics) ObserveStatuses(count func(context.Context) (map[jobs.Status]int64, error)) {
+	m.reg.MustRegister(&statusCollector{
+		count: count,
+		desc:  prometheus.NewDesc("ci_jobs", "Stored jobs by status.", []string{"status"}, nil),
+	})
+}
+
+// statusCollector counts the stored jobs by status once per scrape.
+type statusCollector struct {
+	count func(context.Context) (map[jobs.Status]int64, error)
+	desc  *prometheus.Desc
+}
+
+func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	counts, err := c.count(ctx)
+	if err != nil {
+		slog.Warn("metrics: count jobs by status", "err", err)
+		return
+	}
+	for _, st := range []jobs.Status{jobs.StatusQueued, jobs.StatusRunning, jobs.StatusPassed, jobs.StatusFailed,
+		jobs.StatusError, jobs.StatusTimedOut, jobs.StatusCanceled} {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(counts[st]), string(st))
+	}
 }
 
 // loadCollector reads the queued and running jobs once per scrape.

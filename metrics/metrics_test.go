@@ -2,6 +2,8 @@ package metrics_test
 
 import (
 	"bufio"
+	"context"
+	"errors"
 	"net/http/httptest"
 	"strconv"
 	"strings"
@@ -204,5 +206,30 @@ func TestBatchHooksDoNotAllocate(t *testing.T) {
 		m.FollowOverflowed()
 	}); n != 0 {
 		t.Fatalf("%v allocations per call, want 0", n)
+	}
+}
+
+// TestObserveStatuses checks ci_jobs{status}: every status present, from
+// the count at each scrape, and left out when the count fails.
+func TestObserveStatuses(t *testing.T) {
+	m := metrics.New()
+	var fail bool
+	m.ObserveStatuses(func(context.Context) (map[jobs.Status]int64, error) {
+		if fail {
+			return nil, errors.New("database is locked")
+		}
+		return map[jobs.Status]int64{jobs.StatusPassed: 7, jobs.StatusQueued: 2}, nil
+	})
+	s := scrape(t, m)
+	for series, want := range map[string]float64{
+		`ci_jobs{status="passed"}`: 7, `ci_jobs{status="queued"}`: 2, `ci_jobs{status="timed_out"}`: 0,
+	} {
+		if got, ok := s[series]; !ok || got != want {
+			t.Errorf("%s = %v (present %v), want %v", series, got, ok, want)
+		}
+	}
+	fail = true
+	if _, ok := scrape(t, m)[`ci_jobs{status="passed"}`]; ok {
+		t.Error("ci_jobs present although the count failed")
 	}
 }

@@ -581,3 +581,26 @@ func (l slowLogger) Trace(ctx context.Context, begin time.Time, fc func() (strin
 	}
 	l.log.WarnContext(ctx, "slow query", "elapsed", elapsed, "rows", rows, "sql", sql)
 }
+
+// CountJobsByStatus returns how many jobs have each status (statuses no
+// job has are missing), from the status index.
+func (s *Store) CountJobsByStatus(ctx context.Context) (map[jobs.Status]int64, error) {
+	rows, err := s.rdb.QueryContext(ctx, "SELECT status, COUNT(*) FROM jobs GROUP BY status")
+	if err != nil {
+		return nil, fmt.Errorf("count jobs: %w", err)
+	}
+	defer rows.Close()
+	counts := map[jobs.Status]int64{}
+	for rows.Next() {
+		var status string
+		var n int64
+		if err := rows.Scan(&status, &n); err != nil {
+			return nil, fmt.Errorf("count jobs: %w", err)
+		}
+		counts[jobs.Status(status)] = n
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("count jobs: %w", err)
+	}
+	return counts, nil
+}

@@ -768,3 +768,24 @@ func TestCheckpointerMovesTheWAL(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestCountJobsByStatus(t *testing.T) {
+	s := MustOpen(t)
+	ctx := context.Background()
+	for range 3 {
+		MustCreateJob(t, s)
+	}
+	done := MustCreateJob(t, s)
+	done.Status, done.LastSeq = jobs.StatusPassed, done.LastSeq+1
+	if err := s.AppendEvents(ctx, done, []jobs.Event{{JobID: done.ID, Seq: done.LastSeq, Type: jobs.EventStatus,
+		Status: jobs.StatusPassed, Time: time.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.CountJobsByStatus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[jobs.Status]int64{jobs.StatusQueued: 3, jobs.StatusPassed: 1}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("counts %v, want %v", got, want)
+	}
+}

@@ -301,6 +301,7 @@ func (m *Main) Run(ctx context.Context) error {
 		Metrics:     m.metrics,
 	})
 	m.metrics.ObserveLoad(m.service.Load)
+	m.metrics.ObserveStatuses(store.CountJobsByStatus)
 	if err := m.service.Start(ctx); err != nil {
 		return fmt.Errorf("start jobs: %w", err)
 	}

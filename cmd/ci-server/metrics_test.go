@@ -142,6 +142,8 @@ func TestMainMetrics(t *testing.T) {
 		`ci_jobs_submitted_total`:                                     1,
 		`ci_jobs_queued`:                                              0,
 		`ci_jobs_finished_total{status="passed"}`:                     0,
+		`ci_jobs{status="failed"}`:                                    1, // from the store
+		`ci_jobs{status="queued"}`:                                    0,
 		`ci_job_duration_seconds_count{status="failed"}`:              1,
 		`ci_job_phase_duration_seconds_count{phase="test"}`:           1,
 		`ci_job_phase_duration_seconds_count{phase="install"}`:        0,
