@@ -268,7 +268,7 @@ func (d *Docker) Run(ctx context.Context, spec jobs.Spec, out jobs.Output) (jobs
 	// volume is mounted at the create).
 	if d.pool != nil && deps == "" {
 		if w := d.pool.take(); w != nil {
-			res, ok, err := d.runWarm(ctx, prep, spec, w, entries, out, log)
+			res, ok, err := d.runWarm(ctx, prep, spec, w, imageID, entries, out, log)
 			if ok {
 				if err != nil {
 					return jobs.Result{}, ctxErr(ctx, err)

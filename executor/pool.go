@@ -77,6 +77,7 @@ func poolConfig(image, owner string, lim Limits) (*container.Config, *container.
 // missed.
 type warm struct {
 	id         string
+	image      string // the image's ID when it was created
 	hj         types.HijackedResponse
 	waited     <-chan waitResult
 	cancelWait context.CancelFunc
@@ -166,7 +167,8 @@ func (d *Docker) fill(ctx context.Context, p *pool) {
 
 // newWarm creates, attaches to and starts a warm container.
 func (d *Docker) newWarm(ctx context.Context, log *slog.Logger) (*warm, error) {
-	if _, err := d.ensureImage(ctx, log); err != nil {
+	imageID, err := d.ensureImage(ctx, log)
+	if err != nil {
 		return nil, err
 	}
 	var b [6]byte
@@ -178,7 +180,7 @@ func (d *Docker) newWarm(ctx context.Context, log *slog.Logger) (*warm, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create: %w", err)
 	}
-	w := &warm{id: created.ID}
+	w := &warm{id: created.ID, image: imageID}
 	ok := false
 	defer func() {
 		if !ok {
@@ -237,7 +239,7 @@ func (p *pool) take() *warm {
 // the arguments, then follows it like run. ok is false when w turned out
 // unusable before anything of the job reached it: w is then removed and
 // the caller starts a cold container instead.
-func (d *Docker) runWarm(ctx, prep context.Context, spec jobs.Spec, w *warm, entries []tarEntry,
+func (d *Docker) runWarm(ctx, prep context.Context, spec jobs.Spec, w *warm, imageID string, entries []tarEntry,
 	out jobs.Output, log *slog.Logger) (res jobs.Result, ok bool, err error) {
 	log = log.With("container", shortID(w.id), "warm", true)
 	started := false
@@ -249,6 +251,12 @@ func (d *Docker) runWarm(ctx, prep context.Context, spec jobs.Spec, w *warm, ent
 		}
 		d.remove(ctx, w.id, log)
 	}()
+	if w.image != imageID {
+		// The tag now names another image (rebuilt or pulled since):
+		// jobs run in the image the tag names.
+		log.Info("warm container of an older image; starting a cold one")
+		return jobs.Result{}, false, nil
+	}
 	if err := d.cli.ContainerRename(prep, w.id, jobContainerName(spec.JobID)); err != nil {
 		if prep.Err() != nil {
 			return jobs.Result{}, true, ctxError(prep)

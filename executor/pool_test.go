@@ -135,3 +135,23 @@ func TestDockerWarmReattach(t *testing.T) {
 	}
 	assertNoContainers(t, d, job)
 }
+
+// TestDockerWarmOlderImage checks that a warm container made from an image
+// the tag no longer names is not used: the job gets a cold container of
+// the current image.
+func TestDockerWarmOlderImage(t *testing.T) {
+	d := newWarmDocker(t, 1)
+	w := <-d.pool.ready
+	w.image = "sha256:an-older-image"
+	d.pool.ready <- w
+	var ran string
+	d.hook = func(step, id string) {
+		if step == "started" {
+			ran = id
+		}
+	}
+	res, _ := mustRun(t, d, newSpec(t, map[string]string{"test_a.py": "def test_a(): pass\n"}))
+	if res.ExitCode != 0 || ran == "" || ran == w.id {
+		t.Fatalf("exit %d in %s, want a pass in a cold container, not the stale warm %s", res.ExitCode, shortID(ran), shortID(w.id))
+	}
+}
