@@ -60,6 +60,15 @@ type Job struct {
 	Reason string `json:"reason,omitempty"`
 	// LastSeq is the seq of the job's newest persisted event.
 	LastSeq int64 `json:"last_seq"`
+	// Replica names the ci-server that claimed the job and runs (or ran)
+	// it; "" while it is queued.
+	Replica string `json:"replica,omitempty"`
+	// LeaseUntil is when the claim of a running job lapses unless its
+	// replica renews it (see Store.RenewLeases); nil when not running.
+	LeaseUntil *time.Time `json:"-"`
+	// CancelRequested is set by Store.RequestCancel: the replica running
+	// the job is to stop it and end it canceled.
+	CancelRequested bool `json:"-"`
 	// Timeout is how long the tests may run before they are stopped and
 	// the job ends timed_out. It is set when the job is submitted.
 	Timeout time.Duration `json:"-"`
@@ -182,6 +191,74 @@ type Store interface {
 
 	// Tests returns the per-test results of a job in pytest's order.
 	Tests(ctx context.Context, jobID string) ([]TestCase, error)
+
+	// CountJobsByStatus returns how many jobs have each status (statuses
+	// no job has may be missing).
+	CountJobsByStatus(ctx context.Context) (map[Status]int64, error)
+
+	// ClaimJob takes the oldest queued job for replica, atomically: in one
+	// transaction it sets the job's status to running, StartedAt to now,
+	// Replica to replica and LeaseUntil to leaseUntil, and appends the
+	// running status event (seq LastSeq+1, time now). Of claimers racing
+	// for a job, in this process or any other sharing the database,
+	// exactly one gets it; the others take the next queued job or none.
+	// It returns the job as updated and its running event, or nil, nil
+	// when no job is queued.
+	ClaimJob(ctx context.Context, replica string, now, leaseUntil time.Time) (*Job, *Event, error)
+
+	// RenewLeases extends to until the lease of each job of ids that is
+	// still running and held by replica, and returns the state of every
+	// job of ids that it knows (in any order).
+	RenewLeases(ctx context.Context, replica string, ids []string, until time.Time) ([]Lease, error)
+
+	// ExpiredJobs returns the running jobs held by replicas other than
+	// replica whose lease ended before now, oldest first.
+	ExpiredJobs(ctx context.Context, replica string, now time.Time) ([]*Job, error)
+
+	// RequestCancel marks a running job as to be canceled by the replica
+	// that runs it (Job.CancelRequested). An unknown job is an ENOTFOUND
+	// error; a job that is not running is left as it is.
+	RequestCancel(ctx context.Context, id string) error
+}
+
+// Lease is the state of a claimed job, as RenewLeases reports it.
+type Lease struct {
+	ID string
+	// Held is true when the job is still running and held by the replica
+	// that renewed it: false when another replica ended it (its lease had
+	// expired) or it ended otherwise.
+	Held bool
+	// CancelRequested is set when a user asked, through any replica, to
+	// cancel the job.
+	CancelRequested bool
+}
+
+// Change is a commit to the store, by any server sharing it: new events
+// of a job, or a request to cancel it.
+type Change struct {
+	JobID string
+	// First and Last are the seqs of the committed events; 0 for a cancel
+	// request.
+	First, Last int64
+	// Status is set when the events include a status event: the job was
+	// created, claimed or ended.
+	Status bool
+	// Cancel is set for a cancel request (Store.RequestCancel).
+	Cancel bool
+	// Resync is set, alone, when changes may have been missed (the feed
+	// lost its connection and is back): listeners should read the store
+	// for what they care about.
+	Resync bool
+}
+
+// ChangeFeed is implemented by stores that several ci-servers share (the
+// PostgreSQL one): it tells each server what the others commit.
+type ChangeFeed interface {
+	// WatchChanges calls fn, from one goroutine, with every change
+	// committed to the store by any server (this one included), in commit
+	// order, until ctx ends; then it returns ctx's error. It reconnects
+	// after a lost connection and then calls fn with a Resync change.
+	WatchChanges(ctx context.Context, fn func(Change)) error
 }
 
 // Archives stores uploaded project archives (zip files) by content.
@@ -190,8 +267,10 @@ type Archives interface {
 	// and size. Storing the same content twice yields the same key.
 	Put(ctx context.Context, r io.Reader) (key string, size int64, err error)
 
-	// Path returns the local path of the stored archive with the given key.
-	Path(key string) string
+	// Local returns the path of a local file holding the archive with the
+	// given key, fetching it first from shared storage if the archives
+	// are kept there; a missing archive is an ENOTFOUND error.
+	Local(ctx context.Context, key string) (string, error)
 
 	// Remove deletes the archive with the given key. Removing a missing
 	// archive is not an error.

@@ -1,6 +1,9 @@
 package jobs
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // Metrics receives the service's measurements, for monitoring. The service
 // calls it from its workers, recorders and followers, so an implementation
@@ -52,11 +55,17 @@ type Load struct {
 	Running int
 }
 
-// Load returns how many jobs wait and run now, from the service's own
-// state (no store query), which Start fills from the store: it is right
-// across restarts.
+// Load returns how many jobs wait and run now: queued jobs are counted
+// in the store (all replicas' queue, when it is shared), running ones are
+// this server's.
 func (s *Service) Load() Load {
+	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+	defer cancel()
+	counts, err := s.store.CountJobsByStatus(ctx)
+	if err != nil {
+		s.log.Warn("count queued jobs", "err", err)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Load{Queued: len(s.queue), Running: len(s.running) + len(s.recovering)}
+	return Load{Queued: int(counts[StatusQueued]), Running: len(s.running) + len(s.recovering)}
 }

@@ -2,6 +2,7 @@ package jobs
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -45,7 +46,30 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics receives the service's measurements; nil measures nothing.
 	Metrics Metrics
+
+	// Replica names this server among the servers that share the store:
+	// it is recorded on each job it claims. "" means DefaultReplica.
+	Replica string
+	// Changes, when set, tells this server what other servers sharing
+	// the store commit (the PostgreSQL store's feed): it turns on the
+	// behaviour of a replica (see Service). nil means the store is this
+	// server's alone.
+	Changes ChangeFeed
+	// Lease is how long a replica's claim on a running job lasts unless
+	// renewed (every Lease/3); 0 means DefaultLease. Only replicas use it.
+	Lease time.Duration
+	// Poll is how often a replica looks in the store for what its change
+	// feed may have missed: queued jobs, and new events of followed jobs;
+	// 0 means DefaultPoll.
+	Poll time.Duration
 }
+
+// Defaults of a replica's timing.
+const (
+	DefaultReplica = "local"
+	DefaultLease   = 15 * time.Second
+	DefaultPoll    = time.Second
+)
 
 // Defaults of the output cap.
 const (
@@ -74,8 +98,14 @@ type SubmitOptions struct {
 // Service queues jobs, runs them on an Executor with bounded concurrency,
 // records their events in a Store and fans them out to followers.
 //
-// Jobs run first in, first out. Queued jobs survive a restart: Start picks
-// them up again in submission order.
+// The queue is the store's: jobs run first in, first out, and queued jobs
+// survive a restart. Each worker claims the oldest queued job from the
+// store (Store.ClaimJob), so several servers may share one store, each
+// with its own concurrency: they are then replicas (Config.Changes set).
+// A replica renews a lease on the jobs it runs and ends, with an error,
+// the running jobs of a replica whose lease expired; it follows jobs that
+// other replicas run through the change feed, and asks the replica that
+// runs a job to cancel it.
 type Service struct {
 	store    Store
 	archives Archives
@@ -85,10 +115,14 @@ type Service struct {
 	log      *slog.Logger
 	metrics  Metrics
 
+	replica string
+	lease   time.Duration
+	poll    time.Duration
+	relay   relay // events of other replicas' jobs, for local followers
+
 	mu      sync.Mutex
-	queue   []string               // IDs of queued jobs, oldest first
-	queued  chan struct{}          // capacity 1: the queue grew
-	running map[string]*runningJob // jobs taken from the queue, by ID
+	queued  chan struct{}          // capacity 1: the queue may have grown
+	running map[string]*runningJob // jobs claimed by this server, by ID
 	// recovering holds running jobs of a previous server, to re-attach
 	// before taking queued ones; canceledEarly, those of them canceled
 	// before a worker got to them.
@@ -128,8 +162,23 @@ func NewService(store Store, archives Archives, exec Executor, cfg Config) *Serv
 	if metrics == nil {
 		metrics = nopMetrics{}
 	}
+	replica := cfg.Replica
+	if replica == "" {
+		replica = DefaultReplica
+	}
+	lease, poll := cfg.Lease, cfg.Poll
+	if lease <= 0 {
+		lease = DefaultLease
+	}
+	if poll <= 0 {
+		poll = DefaultPoll
+	}
 	ctx, cancel := context.WithCancelCause(context.Background())
 	return &Service{
+		replica:       replica,
+		lease:         lease,
+		poll:          poll,
+		relay:         relay{last: map[string]int64{}},
 		store:         store,
 		archives:      archives,
 		exec:          exec,
@@ -153,7 +202,13 @@ func (s *Service) Broker() *Broker { return s.broker }
 // executor's Reattach: a job whose test process still runs is followed on,
 // one whose process has exited gets its remaining output and real exit
 // code, one whose process is gone ends error. (With an executor that can't
-// re-attach they end error.) Queued jobs are queued again, oldest first.
+// re-attach they end error.) Queued jobs stay in the store's queue, which
+// the workers take from, oldest first.
+//
+// A replica recovers only the running jobs that it claimed itself (same
+// Config.Replica): another replica's are its own business until their
+// lease expires. It also starts following the change feed, renewing its
+// leases and reaping expired ones.
 func (s *Service) Start(ctx context.Context) error {
 	stale, err := s.store.JobsByStatus(ctx, StatusRunning)
 	if err != nil {
@@ -161,6 +216,9 @@ func (s *Service) Start(ctx context.Context) error {
 	}
 	_, canReattach := s.exec.(Reattacher)
 	for _, job := range stale {
+		if s.cfg.Changes != nil && job.Replica != s.replica {
+			continue
+		}
 		if canReattach {
 			s.mu.Lock()
 			s.recovering = append(s.recovering, job.ID)
@@ -168,38 +226,40 @@ func (s *Service) Start(ctx context.Context) error {
 			s.log.Info("re-attaching job left running by a previous server", "job", job.ID)
 			continue
 		}
-		rec := newRecorder(s.store, s.broker, s.metrics, s.log, job)
-		err := rec.Status(StatusError, func(j *Job) {
-			now := time.Now().UTC()
-			j.FinishedAt = &now
-			j.Reason = "ci-server stopped while the job was running; submit it again"
-		})
-		if cerr := rec.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
+		if err := s.end(ctx, job, StatusError, "ci-server stopped while the job was running; submit it again"); err != nil {
 			return fmt.Errorf("end stale job %s: %w", job.ID, err)
 		}
 		s.log.Warn("ended job left running by a previous server", "job", job.ID)
-	}
-	queued, err := s.store.JobsByStatus(ctx, StatusQueued)
-	if err != nil {
-		return fmt.Errorf("recover queued jobs: %w", err)
-	}
-	s.mu.Lock()
-	for _, job := range queued {
-		s.queue = append(s.queue, job.ID)
-	}
-	s.mu.Unlock()
-	if len(queued) > 0 {
-		s.log.Info("requeued jobs", "count", len(queued))
 	}
 	s.notify()
 	for range s.cfg.Concurrency {
 		s.wg.Add(1)
 		go s.worker()
 	}
+	if s.cfg.Changes != nil {
+		s.wg.Add(3)
+		go s.watchChanges()
+		go s.keepLeases()
+		go s.pollQueue()
+	}
 	return nil
+}
+
+// end records the end of a job that no executor runs here (it is queued,
+// or its runner is gone), from its stored state. It fails with an
+// ECONFLICT error when the job's log moved on meanwhile (it was claimed,
+// or ended by another server).
+func (s *Service) end(ctx context.Context, job *Job, status Status, reason string) error {
+	rec := newRecorder(s.store, s.broker, s.metrics, s.log, job)
+	err := rec.Status(status, func(j *Job) {
+		now := time.Now().UTC()
+		j.FinishedAt = &now
+		j.Reason = reason
+	})
+	if cerr := rec.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // Close stops the workers and returns when they are done. Queued jobs stay
@@ -231,10 +291,11 @@ func (s *Service) Submit(ctx context.Context, r io.Reader, opts SubmitOptions) (
 		timeout = s.cfg.MaxTimeout
 	}
 	if s.cfg.MaxQueued > 0 {
-		s.mu.Lock()
-		n := len(s.queue)
-		s.mu.Unlock()
-		if n >= s.cfg.MaxQueued {
+		counts, err := s.store.CountJobsByStatus(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("count queued jobs: %w", err)
+		}
+		if n := counts[StatusQueued]; n >= int64(s.cfg.MaxQueued) {
 			return nil, Errorf(EUNAVAILABLE, "the queue is full (%d jobs waiting); try again later", n)
 		}
 	}
@@ -242,7 +303,11 @@ func (s *Service) Submit(ctx context.Context, r io.Reader, opts SubmitOptions) (
 	if err != nil {
 		return nil, fmt.Errorf("store archive: %w", err)
 	}
-	if err := validateZip(ctx, s.archives.Path(key), s.cfg.MaxFiles, s.cfg.MaxUnpacked); err != nil {
+	path, err := s.archives.Local(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("store archive: %w", err)
+	}
+	if err := validateZip(ctx, path, s.cfg.MaxFiles, s.cfg.MaxUnpacked); err != nil {
 		// Content-addressed: a job can only refer to a valid archive, so an
 		// invalid one is never shared with another job.
 		if rerr := s.archives.Remove(key); rerr != nil {
@@ -267,9 +332,6 @@ func (s *Service) Submit(ctx context.Context, r io.Reader, opts SubmitOptions) (
 	s.log.Info("job queued", "job", job.ID, "size", size, "args", job.Args)
 	s.metrics.JobSubmitted()
 	s.broker.PublishJob(*job)
-	s.mu.Lock()
-	s.queue = append(s.queue, job.ID)
-	s.mu.Unlock()
 	s.notify()
 	return job, nil
 }
@@ -338,27 +400,46 @@ func (s *Service) follow(ctx context.Context, sub *Subscription, id string, last
 	if err != nil {
 		return false, err
 	}
-	for {
-		evs, err := s.store.Events(ctx, id, *last, replayPage)
-		if err != nil {
-			return false, fmt.Errorf("replay events: %w", err)
-		}
-		for _, ev := range evs {
-			if done, err := deliver(ev); done || err != nil {
-				return done, err
+	// catchUp delivers the stored events after *last.
+	catchUp := func() (bool, error) {
+		for {
+			evs, err := s.store.Events(ctx, id, *last, replayPage)
+			if err != nil {
+				return false, fmt.Errorf("replay events: %w", err)
+			}
+			for _, ev := range evs {
+				if done, err := deliver(ev); done || err != nil {
+					return done, err
+				}
+			}
+			if len(evs) < replayPage {
+				return false, nil
 			}
 		}
-		if len(evs) < replayPage {
-			break
-		}
+	}
+	if done, err := catchUp(); done || err != nil {
+		return done, err
 	}
 	if job.Status.Terminal() {
 		return true, nil
+	}
+	// A replica's events of jobs that other replicas run come through the
+	// change feed; should it miss some, the store is read again every
+	// poll interval.
+	var poll <-chan time.Time
+	if s.cfg.Changes != nil {
+		t := time.NewTicker(s.poll)
+		defer t.Stop()
+		poll = t.C
 	}
 	for {
 		select {
 		case <-ctx.Done():
 			return false, ctx.Err()
+		case <-poll:
+			if done, err := catchUp(); done || err != nil {
+				return done, err
+			}
 		case ev, ok := <-sub.C:
 			if !ok {
 				return false, nil // overflowed: catch up from the store
@@ -430,138 +511,181 @@ func (s *Service) notify() {
 	}
 }
 
-// runningJob is a job a worker has taken from the queue.
+// runningJob is a job a worker has claimed, or is about to re-attach.
 type runningJob struct {
-	ctx      context.Context // canceled (with a cause) to stop the job
-	cancel   context.CancelCauseFunc
-	reattach bool // a running job of a previous server
+	ctx    context.Context // canceled (with a cause) to stop the job
+	cancel context.CancelCauseFunc
 }
 
-// next takes the oldest queued job ID, waiting for one, and registers it
-// as running in the same step, so Cancel always finds a job either in the
-// queue or running. It returns false when the service is closing.
-func (s *Service) next() (string, *runningJob, bool) {
-	for {
-		s.mu.Lock()
-		if s.ctx.Err() != nil {
-			s.mu.Unlock()
-			return "", nil, false // closing: leave the rest queued
+// nextRecovering takes the next job to re-attach and registers it as
+// running, or returns false when there is none.
+func (s *Service) nextRecovering() (string, *runningJob, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.recovering) == 0 {
+		return "", nil, false
+	}
+	var id string
+	id, s.recovering = s.recovering[0], s.recovering[1:]
+	return id, s.registerLocked(id), true
+}
+
+// registerLocked registers a job this server runs, canceled at once if a
+// cancel request came first. s.mu must be held.
+func (s *Service) registerLocked(id string) *runningJob {
+	ctx, cancel := context.WithCancelCause(s.ctx)
+	rj := &runningJob{ctx: ctx, cancel: cancel}
+	if s.canceledEarly[id] {
+		delete(s.canceledEarly, id)
+		cancel(errCanceled)
+	}
+	s.running[id] = rj
+	return rj
+}
+
+// claim claims the oldest queued job in the store and registers it as
+// running. It returns nil when none is queued (or the store failed: the
+// error is logged and the worker waits for the next poll).
+func (s *Service) claim() (*Job, *runningJob) {
+	now := time.Now().UTC()
+	job, ev, err := s.store.ClaimJob(s.ctx, s.replica, now, now.Add(s.lease))
+	took := time.Since(now)
+	if err != nil {
+		if s.ctx.Err() == nil {
+			s.log.Error("claim a queued job", "err", err)
 		}
-		if len(s.recovering) > 0 || len(s.queue) > 0 {
-			var id string
-			reattach := len(s.recovering) > 0
-			if reattach {
-				id, s.recovering = s.recovering[0], s.recovering[1:]
-			} else {
-				id, s.queue = s.queue[0], s.queue[1:]
-			}
-			ctx, cancel := context.WithCancelCause(s.ctx)
-			rj := &runningJob{ctx: ctx, cancel: cancel, reattach: reattach}
-			if s.canceledEarly[id] {
-				delete(s.canceledEarly, id)
-				cancel(errCanceled)
-			}
-			s.running[id] = rj
-			more := len(s.recovering) > 0 || len(s.queue) > 0
-			s.mu.Unlock()
-			if more {
-				s.notify() // wake another worker for the rest
-			}
-			return id, rj, true
+		return nil, nil
+	}
+	if job == nil {
+		return nil, nil
+	}
+	s.metrics.EventsPersisted(1, took)
+	s.mu.Lock()
+	rj := s.registerLocked(job.ID)
+	s.mu.Unlock()
+	// The running event is committed: tell followers, as a recorder does.
+	ev.Raw, _ = json.Marshal(ev)
+	s.broker.Publish(job.ID, []Event{*ev})
+	s.broker.PublishJob(*job)
+	return job, rj
+}
+
+func (s *Service) worker() {
+	defer s.wg.Done()
+	for s.ctx.Err() == nil {
+		// Jobs left running by a previous server come first.
+		if id, rj, ok := s.nextRecovering(); ok {
+			s.notify() // another worker may take the next one
+			s.runTaken(id, rj)
+			continue
 		}
-		s.mu.Unlock()
+		if job, rj := s.claim(); job != nil {
+			s.notify() // there may be more: wake another worker
+			s.runClaimed(job, rj)
+			continue
+		}
 		select {
 		case <-s.ctx.Done():
-			return "", nil, false
 		case <-s.queued:
 		}
 	}
 }
 
-func (s *Service) worker() {
-	defer s.wg.Done()
-	for {
-		id, rj, ok := s.next()
-		if !ok {
-			return
-		}
-		s.runTaken(id, rj)
-	}
+// unregister forgets a job this server ran.
+func (s *Service) unregister(id string, rj *runningJob) {
+	s.mu.Lock()
+	delete(s.running, id)
+	s.mu.Unlock()
+	rj.cancel(nil)
 }
 
-// runTaken runs a job taken from the queue and unregisters it.
+// runClaimed runs a job this server claimed and unregisters it.
+func (s *Service) runClaimed(job *Job, rj *runningJob) {
+	defer s.unregister(job.ID, rj)
+	s.run(rj.ctx, job, false)
+}
+
+// runTaken re-attaches a job left running by a previous server and
+// unregisters it.
 func (s *Service) runTaken(id string, rj *runningJob) {
-	defer func() {
-		s.mu.Lock()
-		delete(s.running, id)
-		s.mu.Unlock()
-		rj.cancel(nil)
-	}()
+	defer s.unregister(id, rj)
 	job, err := s.store.Job(s.ctx, id)
 	if err != nil {
 		s.log.Error("load job", "job", id, "err", err)
 		return
 	}
-	want := StatusQueued
-	if rj.reattach {
-		want = StatusRunning
-	}
-	if job.Status != want {
+	if job.Status != StatusRunning {
 		return
 	}
-	s.run(rj.ctx, job, rj.reattach)
+	s.run(rj.ctx, job, true)
 }
 
 // Cancel cancels a job. A queued job ends canceled at once; a running one
 // is stopped (SIGTERM, then SIGKILL after a grace period) and ends canceled
-// when it has stopped. It returns the job as it is after the request, an
-// ENOTFOUND error for an unknown job, and an ECONFLICT error for a job
-// that has already ended.
+// when it has stopped, by the server that runs it. It returns the job as
+// it is after the request, an ENOTFOUND error for an unknown job, and an
+// ECONFLICT error for a job that has already ended.
 func (s *Service) Cancel(ctx context.Context, id string) (*Job, error) {
-	s.mu.Lock()
-	if i := slices.Index(s.queue, id); i >= 0 {
-		s.queue = slices.Delete(s.queue, i, i+1)
-		s.mu.Unlock()
-		return s.cancelQueued(ctx, id)
-	}
-	if slices.Contains(s.recovering, id) {
-		// Not re-attached yet: its worker starts it canceled, which stops
-		// its process.
-		s.canceledEarly[id] = true
-	}
-	rj, running := s.running[id]
-	running = running || s.canceledEarly[id]
-	if rj != nil {
-		// Harmless if the job has just ended: its run is over.
-		rj.cancel(errCanceled)
-	}
-	s.mu.Unlock()
-	job, err := s.store.Job(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	if running {
-		// It may have ended already, by this cancel or on its own just
-		// before: either way the request is done.
+	if s.cancelLocal(id, false) {
 		s.log.Info("cancel requested", "job", id)
+		return s.store.Job(ctx, id)
+	}
+	for {
+		job, err := s.store.Job(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case job.Status.Terminal():
+			return nil, Errorf(ECONFLICT, "job %s has already ended: %s", id, job.Status)
+		case job.Status == StatusQueued:
+			final, err := s.cancelQueued(ctx, job)
+			if ErrorCode(err) == ECONFLICT {
+				continue // claimed (or ended) meanwhile: look again
+			}
+			return final, err
+		case job.Replica == s.replica && s.cancelLocal(id, true):
+			// Claimed here, perhaps not registered yet: done either way.
+		default:
+			// Another replica runs it: it learns of the request through
+			// the change feed, or at its next lease renewal.
+			if err := s.store.RequestCancel(ctx, id); err != nil {
+				return nil, fmt.Errorf("request cancel: %w", err)
+			}
+		}
+		s.log.Info("cancel requested", "job", id, "replica", job.Replica)
 		return job, nil
 	}
-	if job.Status.Terminal() {
-		return nil, Errorf(ECONFLICT, "job %s has already ended: %s", id, job.Status)
-	}
-	return job, nil
 }
 
-// cancelQueued ends a job that was removed from the queue: nobody else
-// writes its log now, so a recorder of its own may.
-func (s *Service) cancelQueued(ctx context.Context, id string) (*Job, error) {
-	job, err := s.store.Job(ctx, id)
-	if err != nil {
-		return nil, err
+// cancelLocal cancels the job if this server runs it, or is about to
+// re-attach it. With claimed, the job is known to be claimed by this
+// server: if it is not registered yet, it is canceled when it is. It
+// reports whether it took the request.
+func (s *Service) cancelLocal(id string, claimed bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if rj := s.running[id]; rj != nil {
+		// Harmless if the job has just ended: its run is over.
+		rj.cancel(errCanceled)
+		return true
 	}
+	if claimed || slices.Contains(s.recovering, id) {
+		// Not started yet: its worker starts it canceled, which stops its
+		// process.
+		s.canceledEarly[id] = true
+		return true
+	}
+	return false
+}
+
+// cancelQueued ends a queued job canceled. A worker of any server may
+// claim it meanwhile: the store's check of the log's last seq lets only
+// one of the two write, and the loser gets an ECONFLICT error.
+func (s *Service) cancelQueued(ctx context.Context, job *Job) (*Job, error) {
 	rec := newRecorder(s.store, s.broker, s.metrics, s.log, job)
 	now := time.Now().UTC()
-	err = rec.Status(StatusCanceled, func(j *Job) {
+	err := rec.Status(StatusCanceled, func(j *Job) {
 		j.FinishedAt = &now
 		j.Reason = "canceled by user before it started"
 	})
@@ -571,7 +695,7 @@ func (s *Service) cancelQueued(ctx context.Context, id string) (*Job, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cancel queued job: %w", err)
 	}
-	s.log.Info("queued job canceled", "job", id)
+	s.log.Info("queued job canceled", "job", job.ID)
 	final := rec.Job()
 	return &final, nil
 }
@@ -582,16 +706,12 @@ func (s *Service) cancelQueued(ctx context.Context, id string) (*Job, error) {
 // executor's Reattach, skipping the output already stored.
 func (s *Service) run(ctx context.Context, job *Job, reattach bool) {
 	log := s.log.With("job", job.ID)
-	if !reattach && errors.Is(context.Cause(ctx), ErrDetach) {
-		return // shutting down before it started: it stays queued
-	}
 	rec := newRecorder(s.store, s.broker, s.metrics, log, job)
 
+	// Claimed (running) with its start time, or re-attached.
 	started := time.Now().UTC()
-	if reattach && job.StartedAt != nil {
+	if job.StartedAt != nil {
 		started = *job.StartedAt
-	} else if err := rec.Status(StatusRunning, func(j *Job) { j.StartedAt = &started }); err != nil {
-		log.Error("record running", "err", err)
 	}
 
 	timeout := job.Timeout
@@ -618,13 +738,17 @@ func (s *Service) run(ctx context.Context, job *Job, reattach bool) {
 		// the previous server.
 		out.metrics, out.phaseStart = s.metrics, time.Now()
 	}
-	spec := Spec{JobID: job.ID, Archive: s.archives.Path(job.Archive), Args: job.Args, Retry: retry}
+	spec := Spec{JobID: job.ID, Args: job.Args, Retry: retry}
 	var res Result
 	var err error
-	if reattach {
+	spec.Archive, err = s.archives.Local(rctx, job.Archive)
+	switch {
+	case err != nil:
+		err = fmt.Errorf("the job's project archive can't be read: %w", err)
+	case reattach:
 		log.Info("job re-attached", "offsets", job.Offsets)
 		res, err = s.exec.(Reattacher).Reattach(rctx, spec, out)
-	} else {
+	default:
 		log.Info("job started", "timeout", timeout)
 		res, err = s.exec.Run(rctx, spec, out)
 	}
@@ -706,6 +830,8 @@ func outcome(res Result, err error, cause error, timeout time.Duration, phase st
 		return StatusTimedOut, nil, fmt.Sprintf("the tests ran longer than the time limit of %s and were stopped", timeout)
 	case err != nil && errors.Is(cause, errCanceled):
 		return StatusCanceled, nil, "canceled by user"
+	case err != nil && errors.Is(cause, errLost):
+		return StatusError, nil, errLost.Error()
 	case err != nil && cause != nil:
 		return StatusError, nil, "ci-server shut down while the job was running; submit it again"
 	case err != nil && errors.Is(err, ErrGone):

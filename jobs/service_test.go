@@ -142,8 +142,8 @@ func TestServicePassesSpec(t *testing.T) {
 	env := newTestService(t, exec, 1)
 	job := env.submit(t, "-k", "test_a")
 	spec := <-got
-	if spec.JobID != job.ID || strings.Join(spec.Args, " ") != "-k test_a" || spec.Archive != env.arch.Path(job.Archive) {
-		t.Fatalf("spec %+v, want job %s, args [-k test_a], archive %s", spec, job.ID, env.arch.Path(job.Archive))
+	if spec.JobID != job.ID || strings.Join(spec.Args, " ") != "-k test_a" || spec.Archive != env.arch.path(job.Archive) {
+		t.Fatalf("spec %+v, want job %s, args [-k test_a], archive %s", spec, job.ID, env.arch.path(job.Archive))
 	}
 }
 

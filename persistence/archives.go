@@ -110,6 +110,22 @@ func (a *Archives) Path(key string) string {
 	return filepath.Join(a.dir, key+".zip")
 }
 
+// Local implements jobs.Archives: the archive's file is local already. A
+// missing archive or an invalid key is an ENOTFOUND error.
+func (a *Archives) Local(_ context.Context, key string) (string, error) {
+	p := a.Path(key)
+	if p == "" {
+		return "", jobs.Errorf(jobs.ENOTFOUND, "archive %q not found (invalid key)", key)
+	}
+	if _, err := os.Stat(p); err != nil {
+		if os.IsNotExist(err) {
+			return "", jobs.Errorf(jobs.ENOTFOUND, "archive %s not found in %s", key, a.dir)
+		}
+		return "", fmt.Errorf("archive %s: %w", key, err)
+	}
+	return p, nil
+}
+
 // Remove deletes the archive with the given key. Removing a missing archive
 // is not an error; an invalid key is an EINVALID error.
 func (a *Archives) Remove(key string) error {
