@@ -17,6 +17,11 @@ import (
 // every transaction (a statement prepared on a sql.Tx dies with it) and
 // reflects over every row, which together cost more than SQLite's own
 // work. The tables themselves are still defined and migrated by GORM.
+//
+// The statements are written for SQLite, with numbered placeholders (?1),
+// and rewritten for PostgreSQL ($1) by dialect.sql. On PostgreSQL, times
+// are bound as time.Time (the driver sends them in binary) instead of
+// SQLite's text, and the update also notifies the change feed.
 
 // insertShift is log2 of the most rows in an INSERT: there is one prepared INSERT for
 // each row count 1, 2, 4, ..., maxInsertRows, so a batch of any size takes
@@ -44,28 +49,40 @@ const updateJobSQL = `UPDATE jobs SET status = ?1, started_at = ?2, finished_at 
 stdout_bytes = ?9, stderr_bytes = ?10, phase = ?11
 WHERE id = ?7 AND last_seq = ?8`
 
+// notifySQL ends updateJobSQL on PostgreSQL: the updated row (and only an
+// updated row) sends the change feed's notification ?13 on channel ?12,
+// which PostgreSQL delivers if and when the transaction commits.
+const notifySQL = ` RETURNING pg_notify(?12, ?13)`
+
 // writeStmts are the statements of AppendEvents, prepared once.
 type writeStmts struct {
-	update *sql.Stmt
+	// timeValues is set when times are bound as time.Time, not as text.
+	timeValues bool
+	update     *sql.Stmt
 	// insert[k] inserts 1<<k event rows.
 	insert [insertShift + 1]*sql.Stmt
 	// insertLog[k] inserts 1<<k rows of plain log events.
 	insertLog [logShift + 1]*sql.Stmt
 }
 
-// prepare prepares the statements on db.
-func (ws *writeStmts) prepare(ctx context.Context, db *sql.DB) error {
+// prepare prepares the statements on db, of dialect d.
+func (ws *writeStmts) prepare(ctx context.Context, db *sql.DB, d dialect) error {
+	ws.timeValues = d == postgresDialect
+	update := updateJobSQL
+	if d == postgresDialect {
+		update += notifySQL
+	}
 	var err error
-	if ws.update, err = db.PrepareContext(ctx, updateJobSQL); err != nil {
+	if ws.update, err = db.PrepareContext(ctx, d.sql(update)); err != nil {
 		return fmt.Errorf("prepare update: %w", err)
 	}
 	for k := range ws.insert {
-		if ws.insert[k], err = db.PrepareContext(ctx, insertEventsSQL(1<<k)); err != nil {
+		if ws.insert[k], err = db.PrepareContext(ctx, d.sql(insertEventsSQL(1<<k))); err != nil {
 			return fmt.Errorf("prepare insert: %w", err)
 		}
 	}
 	for k := range ws.insertLog {
-		if ws.insertLog[k], err = db.PrepareContext(ctx, insertLogsSQL(1<<k)); err != nil {
+		if ws.insertLog[k], err = db.PrepareContext(ctx, d.sql(insertLogsSQL(1<<k, d))); err != nil {
 			return fmt.Errorf("prepare insert: %w", err)
 		}
 	}
@@ -105,7 +122,12 @@ func insertEventsSQL(n int) string {
 // insertLogsSQL returns an INSERT of n plain log event rows of one job
 // with consecutive seqs: ?1 is the job ID, ?2 the first seq, then time,
 // stream and text per row.
-func insertLogsSQL(n int) string {
+func insertLogsSQL(n int, d dialect) string {
+	// PostgreSQL would infer ?2+i to be an integer, not a bigint.
+	seq := "?2"
+	if d == postgresDialect {
+		seq = "?2::bigint"
+	}
 	var b strings.Builder
 	b.WriteString("INSERT INTO events (job_id, seq, time, type, status, exit_code, reason, stream, text, data) VALUES ")
 	for i := range n {
@@ -113,7 +135,7 @@ func insertLogsSQL(n int) string {
 			b.WriteByte(',')
 		}
 		v := 3 + 3*i
-		fmt.Fprintf(&b, "(?1,?2+%d,?%d,'log','',NULL,'',?%d,?%d,'')", i, v, v+1, v+2)
+		fmt.Fprintf(&b, "(?1,%s+%d,?%d,'log','',NULL,'',?%d,?%d,'')", seq, i, v, v+1, v+2)
 	}
 	return b.String()
 }
@@ -160,9 +182,16 @@ func (ws *writeStmts) insertLogRun(ctx context.Context, tx *sql.Tx, jobID string
 		k := min(bits.Len(uint(len(events)))-1, logShift)
 		n := 1 << k
 		args = append(args[:0], jobID, events[0].Seq)
-		for i := range events[:n] {
-			e := &events[i]
-			args = append(args, tf.format(e.Time), e.Stream, e.Text)
+		if ws.timeValues {
+			for i := range events[:n] {
+				e := &events[i]
+				args = append(args, e.Time.UTC(), e.Stream, e.Text)
+			}
+		} else {
+			for i := range events[:n] {
+				e := &events[i]
+				args = append(args, tf.format(e.Time), e.Stream, e.Text)
+			}
 		}
 		if _, err := tx.StmtContext(ctx, ws.insertLog[k]).ExecContext(ctx, args...); err != nil {
 			return args, err

@@ -29,6 +29,14 @@ type jobRow struct {
 	// Phase is the job's phase (jobs.PhaseInstall, jobs.PhaseTest), saved
 	// with its phase event; "" when it has none.
 	Phase string `gorm:"type:text;not null;default:''"`
+	// Replica is the ci-server that claimed the job ("" while queued, and
+	// for jobs run before replicas shared a store); LeaseUntil is when its
+	// claim lapses (NULL for such jobs: they never expire).
+	Replica    string     `gorm:"type:text;not null;default:''"`
+	LeaseUntil *time.Time `gorm:""`
+	// CancelRequested is set by RequestCancel for the replica running
+	// the job.
+	CancelRequested bool `gorm:"not null;default:false"`
 
 	// Events is only here so that AutoMigrate declares the foreign key
 	// events.job_id -> jobs.id. It is never loaded or saved.
@@ -118,6 +126,10 @@ func newJobRow(j *jobs.Job) (jobRow, error) {
 		StdoutBytes: j.Offsets.Stdout,
 		StderrBytes: j.Offsets.Stderr,
 		Phase:       j.Phase,
+		Replica:     j.Replica,
+		LeaseUntil:  utcPtr(j.LeaseUntil),
+
+		CancelRequested: j.CancelRequested,
 	}, nil
 }
 
@@ -142,6 +154,10 @@ func (r *jobRow) job() (*jobs.Job, error) {
 		Timeout:     time.Duration(r.TimeoutMS) * time.Millisecond,
 		Offsets:     jobs.Offsets{Stdout: r.StdoutBytes, Stderr: r.StderrBytes},
 		Phase:       r.Phase,
+		Replica:     r.Replica,
+		LeaseUntil:  utcPtr(r.LeaseUntil),
+
+		CancelRequested: r.CancelRequested,
 	}, nil
 }
 

@@ -1,6 +1,7 @@
-// Package persistence stores jobs and their events in SQLite through GORM,
-// and uploaded archives as content-addressed files. It implements
-// jobs.Store and jobs.Archives.
+// Package persistence stores jobs and their events through GORM, in an
+// SQLite file (one ci-server) or a PostgreSQL database (replicas sharing
+// it, with a change feed), and uploaded archives as content-addressed
+// files. It implements jobs.Store, jobs.ChangeFeed and jobs.Archives.
 package persistence
 
 import (
@@ -12,6 +13,7 @@ import (
 	"log/slog"
 	"net/url"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -38,19 +40,30 @@ const (
 	slowQuery = 200 * time.Millisecond
 )
 
-// Store is a jobs.Store backed by an SQLite database file. It is safe for
-// concurrent use.
+// Store is a jobs.Store backed by an SQLite database file or a PostgreSQL
+// database. It is safe for concurrent use.
 //
-// All writes go through one connection (SQLite allows one writer at a time;
-// queueing in Go is cheaper and fairer than spinning on SQLITE_BUSY), reads
-// through a pool of read-only connections that, thanks to WAL, never wait
-// for the writer.
+// On SQLite, all writes go through one connection (SQLite allows one writer
+// at a time; queueing in Go is cheaper and fairer than spinning on
+// SQLITE_BUSY), reads through a pool of read-only connections that, thanks
+// to WAL, never wait for the writer. On PostgreSQL, reads and writes share
+// one pool, and every write transaction also notifies the change feed
+// (see ChangeFeed).
 type Store struct {
-	w   *gorm.DB // one connection, for writes
+	d   dialect
+	w   *gorm.DB // SQLite: one connection, for writes; PostgreSQL: the pool
 	wdb *sql.DB  // w's database, for the prepared statements of ws
 	ws  writeStmts
-	r   *gorm.DB // a pool of query-only connections, for reads
+	r   *gorm.DB // SQLite: a pool of query-only connections, for reads; PostgreSQL: w
 	rdb *sql.DB  // r's database, for the hot reads
+
+	// PostgreSQL: the DSN, for the change feed's own connection, and the
+	// feed's notification channel.
+	dsn     string
+	channel string
+	// onListen, when set (by tests), is called each time the change feed
+	// listens on a new connection, with its backend's process ID.
+	onListen func(pid uint32)
 
 	// The checkpointer: its connection and goroutine.
 	c                *gorm.DB
@@ -111,13 +124,56 @@ const selectEventsSQL = `SELECT seq, time, type, stream, text,
 CASE WHEN type = 'log' THEN NULL ELSE json_array(status, exit_code, reason, data) END
 FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?`
 
-// Open opens (creating if needed) the SQLite database at the file path dsn
-// and migrates its tables. The database runs in WAL mode with a busy
-// timeout of 5s and foreign keys on.
+// selectEventsPostgresSQL is selectEventsSQL for PostgreSQL, whose driver
+// reads columns cheaply.
+const selectEventsPostgresSQL = `SELECT seq, time, type, stream, text, status, exit_code, reason, data
+FROM events WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3`
+
+// dialect is the SQL dialect of a Store's database.
+type dialect uint8
+
+const (
+	sqliteDialect dialect = iota
+	postgresDialect
+)
+
+// String returns the dialect's name, as Dialect does.
+func (d dialect) String() string {
+	if d == postgresDialect {
+		return "postgres"
+	}
+	return "sqlite"
+}
+
+// sql returns query, written with SQLite's numbered placeholders (?1, ?2,
+// ...; no bare ? and no ? in literals), in d's: PostgreSQL's are $1, $2.
+func (d dialect) sql(query string) string {
+	if d == postgresDialect {
+		return strings.ReplaceAll(query, "?", "$")
+	}
+	return query
+}
+
+// Dialect returns the store's SQL dialect: "sqlite" or "postgres".
+func (s *Store) Dialect() string { return s.d.String() }
+
+// Open opens the store at dsn and migrates its tables: a PostgreSQL
+// database when dsn is a postgres:// or postgresql:// URL (see
+// openPostgres), otherwise the SQLite database at the file path dsn,
+// created if needed, which runs in WAL mode with a busy timeout of 5s and
+// foreign keys on.
 func Open(ctx context.Context, dsn string) (*Store, error) {
 	if dsn == "" {
 		return nil, errors.New("open store: empty database path")
 	}
+	if isPostgres(dsn) {
+		return openPostgres(ctx, dsn)
+	}
+	return openSQLite(ctx, dsn)
+}
+
+// openSQLite opens the SQLite database at path.
+func openSQLite(ctx context.Context, dsn string) (*Store, error) {
 	// synchronous=NORMAL in WAL mode fsyncs only at checkpoints, not at
 	// every commit: a commit survives a crash of the process, but the last
 	// transactions before a power loss or OS crash may be lost (the database
@@ -169,7 +225,7 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 	cctx, stop := context.WithCancel(context.Background())
 	s.stopCheckpoints, s.checkpointerDone = stop, make(chan struct{})
 	go s.checkpointLoop(cctx)
-	if err := s.ws.prepare(ctx, s.wdb); err != nil {
+	if err := s.ws.prepare(ctx, s.wdb, s.d); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("open store: %w", err)
 	}
@@ -192,13 +248,19 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 func openDB(path, params string, prepare bool) (*gorm.DB, error) {
 	// A file: URI, so that any path (with '?' or '#' in it) is taken as is.
 	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + params
-	return gorm.Open(sqlite.Open(dsn), &gorm.Config{
+	return gorm.Open(sqlite.Open(dsn), gormConfig(prepare))
+}
+
+// gormConfig is the GORM configuration of every handle, caching prepared
+// statements if prepare is set.
+func gormConfig(prepare bool) *gorm.Config {
+	return &gorm.Config{
 		Logger:                 slowLogger{log: slog.Default().With("component", "persistence")},
 		SkipDefaultTransaction: true,
 		PrepareStmt:            prepare,
 		TranslateError:         true,
 		NowFunc:                func() time.Time { return time.Now().UTC() },
-	})
+	}
 }
 
 // setPool sizes db's connection pool to n connections, kept open, and
@@ -223,7 +285,11 @@ func (s *Store) Close() error {
 	}
 	s.ws.close()
 	var errs []error
-	for _, db := range []*gorm.DB{s.r, s.c, s.w} {
+	dbs := []*gorm.DB{s.r, s.c, s.w}
+	if s.r == s.w {
+		dbs = dbs[1:] // PostgreSQL's one pool
+	}
+	for _, db := range dbs {
 		if db == nil {
 			continue
 		}
@@ -275,6 +341,10 @@ func (s *Store) CreateJob(ctx context.Context, job *jobs.Job, events []jobs.Even
 		return fmt.Errorf("create job: %w", err)
 	}
 	rows := newEventRows(id, events)
+	change := jobs.Change{JobID: id, Status: true}
+	if len(events) > 0 {
+		change.First, change.Last = events[0].Seq, job.LastSeq
+	}
 	err = s.w.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 		if err := tx.Omit("Events").Create(&row).Error; err != nil {
 			return fmt.Errorf("insert job: %w", err)
@@ -284,7 +354,7 @@ func (s *Store) CreateJob(ctx context.Context, job *jobs.Job, events []jobs.Even
 				return fmt.Errorf("insert events: %w", err)
 			}
 		}
-		return nil
+		return s.notify(tx, change)
 	})
 	if err != nil {
 		return fmt.Errorf("create job: %w", err)
@@ -414,19 +484,34 @@ func (s *Store) appendEvents(ctx context.Context, job *jobs.Job, events []jobs.E
 	// guard, so that a batch that does not continue the stored log exactly
 	// changes nothing.
 	prev := events[0].Seq - 1
-	res, err := tx.StmtContext(ctx, s.ws.update).ExecContext(ctx,
-		string(job.Status), timeArg(job.StartedAt), timeArg(job.FinishedAt), intArg(job.ExitCode),
-		job.Reason, job.LastSeq, job.ID, prev, job.Offsets.Stdout, job.Offsets.Stderr, job.Phase)
+	var argv [13]any // on the stack
+	args := argv[:11]
+	args[0], args[1], args[2], args[3] = string(job.Status), timeArg(job.StartedAt), timeArg(job.FinishedAt), intArg(job.ExitCode)
+	args[4], args[5], args[6], args[7] = job.Reason, job.LastSeq, job.ID, prev
+	args[8], args[9], args[10] = job.Offsets.Stdout, job.Offsets.Stderr, job.Phase
+	if s.d == postgresDialect {
+		// The update notifies the change feed itself (RETURNING
+		// pg_notify), at no extra round trip.
+		c := jobs.Change{JobID: job.ID, First: events[0].Seq, Last: job.LastSeq}
+		for i := range events {
+			if events[i].Type == jobs.EventStatus {
+				c.Status = true
+				break
+			}
+		}
+		args = append(args, s.channel, encodeChange(c))
+	}
+	res, err := tx.StmtContext(ctx, s.ws.update).ExecContext(ctx, args...)
 	if err != nil {
 		return fmt.Errorf("update job: %w", err)
 	}
 	if n, err := res.RowsAffected(); err != nil {
 		return fmt.Errorf("update job: %w", err)
 	} else if n != 1 {
-		return conflict(ctx, tx, job.ID, prev)
+		return s.conflict(ctx, tx, job.ID, prev)
 	}
 	if err := s.ws.insertEvents(ctx, tx, job.ID, events); err != nil {
-		if isDuplicate(s.w, err) {
+		if s.isDuplicate(err) {
 			return jobs.Errorf(jobs.ECONFLICT, "job %q: events %d to %d already exist", job.ID, events[0].Seq, job.LastSeq)
 		}
 		return fmt.Errorf("insert events: %w", err)
@@ -438,16 +523,19 @@ func (s *Store) appendEvents(ctx context.Context, job *jobs.Job, events []jobs.E
 }
 
 // isDuplicate reports whether err is a primary key violation.
-func isDuplicate(db *gorm.DB, err error) bool {
-	t, ok := db.Dialector.(gorm.ErrorTranslator)
+func (s *Store) isDuplicate(err error) bool {
+	if s.d == postgresDialect {
+		return pgDuplicate(err)
+	}
+	t, ok := s.w.Dialector.(gorm.ErrorTranslator)
 	return ok && errors.Is(t.Translate(err), gorm.ErrDuplicatedKey)
 }
 
 // conflict explains why the job with the given ID could not be updated
 // with events following prev.
-func conflict(ctx context.Context, tx *sql.Tx, id string, prev int64) error {
+func (s *Store) conflict(ctx context.Context, tx *sql.Tx, id string, prev int64) error {
 	var last int64
-	err := tx.QueryRowContext(ctx, "SELECT last_seq FROM jobs WHERE id = ?", id).Scan(&last)
+	err := tx.QueryRowContext(ctx, s.d.sql("SELECT last_seq FROM jobs WHERE id = ?1"), id).Scan(&last)
 	if errors.Is(err, sql.ErrNoRows) {
 		return jobs.Errorf(jobs.ENOTFOUND, "job %q not found", id)
 	}
@@ -483,29 +571,25 @@ func (s *Store) Events(ctx context.Context, jobID string, after int64, limit int
 	limit = min(limit, maxEventsLimit)
 	// database/sql rather than GORM: a replay reads many rows, and GORM's
 	// reflection cost several times SQLite's own work per row.
-	rows, err := s.rdb.QueryContext(ctx, selectEventsSQL, jobID, after, limit)
+	query := selectEventsSQL
+	if s.d == postgresDialect {
+		query = selectEventsPostgresSQL
+	}
+	rows, err := s.rdb.QueryContext(ctx, query, jobID, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("get events: %w", err)
 	}
 	defer rows.Close()
 	events := make([]jobs.Event, 0, min(limit, 1024))
 	for rows.Next() {
-		var (
-			r     eventRow
-			extra sql.NullString
-		)
-		if err := rows.Scan(&r.Seq, &r.Time, &r.Type, &r.Stream, &r.Text, &extra); err != nil {
-			return nil, fmt.Errorf("get events: %w", err)
+		var r eventRow
+		if s.d == postgresDialect {
+			err = rows.Scan(&r.Seq, &r.Time, &r.Type, &r.Stream, &r.Text, &r.Status, &r.ExitCode, &r.Reason, &r.Data)
+		} else {
+			err = scanSQLiteEvent(rows, &r)
 		}
-		if extra.Valid {
-			var cols struct {
-				status, reason, data string
-				exitCode             *int
-			}
-			if err := json.Unmarshal([]byte(extra.String), &[]any{&cols.status, &cols.exitCode, &cols.reason, &cols.data}); err != nil {
-				return nil, fmt.Errorf("get events: event %d: %w", r.Seq, err)
-			}
-			r.Status, r.ExitCode, r.Reason, r.Data = cols.status, cols.exitCode, cols.reason, cols.data
+		if err != nil {
+			return nil, fmt.Errorf("get events: %w", err)
 		}
 		r.JobID = jobID
 		events = append(events, r.event())
@@ -514,6 +598,25 @@ func (s *Store) Events(ctx context.Context, jobID string, after int64, limit int
 		return nil, fmt.Errorf("get events: %w", err)
 	}
 	return events, nil
+}
+
+// scanSQLiteEvent scans a row of selectEventsSQL into r.
+func scanSQLiteEvent(rows *sql.Rows, r *eventRow) error {
+	var extra sql.NullString
+	if err := rows.Scan(&r.Seq, &r.Time, &r.Type, &r.Stream, &r.Text, &extra); err != nil {
+		return err
+	}
+	if extra.Valid {
+		var cols struct {
+			status, reason, data string
+			exitCode             *int
+		}
+		if err := json.Unmarshal([]byte(extra.String), &[]any{&cols.status, &cols.exitCode, &cols.reason, &cols.data}); err != nil {
+			return fmt.Errorf("event %d: %w", r.Seq, err)
+		}
+		r.Status, r.ExitCode, r.Reason, r.Data = cols.status, cols.exitCode, cols.reason, cols.data
+	}
+	return nil
 }
 
 // SaveTests replaces the per-test results of the job with the given ID.
