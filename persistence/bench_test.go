@@ -7,16 +7,29 @@ import (
 	"testing"
 	"time"
 
+	"ci/internal/pgtest"
 	"ci/jobs"
+	"ci/persistence"
 )
 
 // BenchmarkAppendEvents measures the rate of persisting small log events in
-// batches, as the group-commit writer does.
+// batches, as the group-commit writer does: on SQLite (batch=N), and on
+// PostgreSQL (postgres/batch=N) when pgtest.EnvDSN names a server.
 func BenchmarkAppendEvents(b *testing.B) {
+	benchmarkAppendEvents(b, func(b *testing.B) *persistence.Store { return MustOpen(b) })
+	b.Run("postgres", func(b *testing.B) {
+		dsn := pgtest.DSN(b)
+		benchmarkAppendEvents(b, func(b *testing.B) *persistence.Store { return MustOpenPath(b, dsn) })
+	})
+}
+
+// benchmarkAppendEvents runs BenchmarkAppendEvents on stores that open
+// opens.
+func benchmarkAppendEvents(b *testing.B, open func(*testing.B) *persistence.Store) {
 	for _, batch := range []int{1, 32, 256, 1024} {
 		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
 			ctx := context.Background()
-			s := MustOpen(b)
+			s := open(b)
 			job := MustCreateJob(b, s)
 			text := strings.Repeat("x", 60) + "\n"
 			events := make([]jobs.Event, batch)
