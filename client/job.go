@@ -61,6 +61,9 @@ type Job struct {
 	Reason string `json:"reason,omitempty"`
 	// LastSeq is the seq of the job's newest event.
 	LastSeq int64 `json:"last_seq"`
+	// Replica names the ci-server that claimed and runs (or ran) the
+	// job; "" while it is queued.
+	Replica string `json:"replica,omitempty"`
 	// Phase is the phase the job is in or ended in: "" until it enters
 	// one (a job without dependencies never does), then PhaseInstall,
 	// then PhaseTest.

@@ -190,7 +190,7 @@ func (s *Service) renewLeases() {
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, storeTimeout)
 	defer cancel()
-	leases, err := s.store.RenewLeases(ctx, s.replica, ids, time.Now().UTC().Add(s.lease))
+	leases, err := s.store.RenewLeases(ctx, s.replica, ids, utcNow().Add(s.lease))
 	if err != nil {
 		if s.ctx.Err() == nil {
 			s.log.Error("renew leases", "err", err)
@@ -219,7 +219,7 @@ func (s *Service) renewLeases() {
 func (s *Service) reapExpired() {
 	ctx, cancel := context.WithTimeout(s.ctx, storeTimeout)
 	defer cancel()
-	expired, err := s.store.ExpiredJobs(ctx, s.replica, time.Now().UTC())
+	expired, err := s.store.ExpiredJobs(ctx, s.replica, utcNow())
 	if err != nil {
 		if s.ctx.Err() == nil {
 			s.log.Error("look for expired leases", "err", err)

@@ -64,7 +64,8 @@ type Job struct {
 	// it; "" while it is queued.
 	Replica string `json:"replica,omitempty"`
 	// LeaseUntil is when the claim of a running job lapses unless its
-	// replica renews it (see Store.RenewLeases); nil when not running.
+	// replica renews it (see Store.RenewLeases); nil until it is claimed.
+	// It is left as it was when the job ends.
 	LeaseUntil *time.Time `json:"-"`
 	// CancelRequested is set by Store.RequestCancel: the replica running
 	// the job is to stop it and end it canceled.
@@ -415,4 +416,11 @@ type Reattacher interface {
 	// start with Run instead, which must first clean up what the earlier
 	// Run of the same job left.
 	Reattach(ctx context.Context, spec Spec, out Output) (Result, error)
+}
+
+// utcNow returns the current time in UTC to the microsecond: the precision
+// that every store keeps (PostgreSQL's), so that an event sent live and
+// the same event read back from the store say the same time.
+func utcNow() time.Time {
+	return time.Now().UTC().Truncate(time.Microsecond)
 }

@@ -113,7 +113,7 @@ func (r *recorder) emitLocked(ev Event, offs *Offsets) error {
 	ev.JobID = r.job.ID
 	ev.Seq = r.job.LastSeq
 	if ev.Time.IsZero() {
-		ev.Time = time.Now().UTC()
+		ev.Time = utcNow()
 	}
 	pe := pendingEvent{ev: ev, offs: r.job.Offsets}
 	if ev.Type == EventLog {

@@ -252,7 +252,7 @@ func (s *Service) Start(ctx context.Context) error {
 func (s *Service) end(ctx context.Context, job *Job, status Status, reason string) error {
 	rec := newRecorder(s.store, s.broker, s.metrics, s.log, job)
 	err := rec.Status(status, func(j *Job) {
-		now := time.Now().UTC()
+		now := utcNow()
 		j.FinishedAt = &now
 		j.Reason = reason
 	})
@@ -315,7 +315,7 @@ func (s *Service) Submit(ctx context.Context, r io.Reader, opts SubmitOptions) (
 		}
 		return nil, err
 	}
-	now := time.Now().UTC()
+	now := utcNow()
 	job := &Job{
 		Status:      StatusQueued,
 		Args:        append([]string{}, opts.Args...),
@@ -547,7 +547,7 @@ func (s *Service) registerLocked(id string) *runningJob {
 // running. It returns nil when none is queued (or the store failed: the
 // error is logged and the worker waits for the next poll).
 func (s *Service) claim() (*Job, *runningJob) {
-	now := time.Now().UTC()
+	now := utcNow()
 	job, ev, err := s.store.ClaimJob(s.ctx, s.replica, now, now.Add(s.lease))
 	took := time.Since(now)
 	if err != nil {
@@ -684,7 +684,7 @@ func (s *Service) cancelLocal(id string, claimed bool) bool {
 // one of the two write, and the loser gets an ECONFLICT error.
 func (s *Service) cancelQueued(ctx context.Context, job *Job) (*Job, error) {
 	rec := newRecorder(s.store, s.broker, s.metrics, s.log, job)
-	now := time.Now().UTC()
+	now := utcNow()
 	err := rec.Status(StatusCanceled, func(j *Job) {
 		j.FinishedAt = &now
 		j.Reason = "canceled by user before it started"
@@ -709,7 +709,7 @@ func (s *Service) run(ctx context.Context, job *Job, reattach bool) {
 	rec := newRecorder(s.store, s.broker, s.metrics, log, job)
 
 	// Claimed (running) with its start time, or re-attached.
-	started := time.Now().UTC()
+	started := utcNow()
 	if job.StartedAt != nil {
 		started = *job.StartedAt
 	}
@@ -770,7 +770,7 @@ func (s *Service) run(ctx context.Context, job *Job, reattach bool) {
 	if res.Report != nil && err == nil {
 		s.recordReport(rec, job.ID, res, log)
 	}
-	finished := time.Now().UTC()
+	finished := utcNow()
 	if serr := rec.Status(status, func(j *Job) {
 		j.FinishedAt = &finished
 		j.ExitCode = exitCode
