@@ -424,22 +424,28 @@ func (s *Service) follow(ctx context.Context, sub *Subscription, id string, last
 		return true, nil
 	}
 	// A replica's events of jobs that other replicas run come through the
-	// change feed; should it miss some, the store is read again every
-	// poll interval.
+	// change feed; should it miss some, the store is read again after a
+	// poll interval without any event.
 	var poll <-chan time.Time
 	if s.cfg.Changes != nil {
 		t := time.NewTicker(s.poll)
 		defer t.Stop()
 		poll = t.C
 	}
+	seen := *last
 	for {
 		select {
 		case <-ctx.Done():
 			return false, ctx.Err()
 		case <-poll:
+			if seen != *last {
+				seen = *last // events flow: the feed works
+				continue
+			}
 			if done, err := catchUp(); done || err != nil {
 				return done, err
 			}
+			seen = *last
 		case ev, ok := <-sub.C:
 			if !ok {
 				return false, nil // overflowed: catch up from the store
