@@ -13,10 +13,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"syscall"
 	"time"
 
@@ -88,7 +90,12 @@ type Main struct {
 	DepsCacheMax   int
 	DepsCacheSize  int64
 	// Warm is how many test containers are kept started ahead of jobs.
-	Warm     int
+	Warm int
+	// Replica names this server among replicas sharing a PostgreSQL
+	// database ("" until ParseFlags: <host>-<hash of the data dir>), and
+	// Lease is how long its claim on a running job lasts unrenewed.
+	Replica  string
+	Lease    time.Duration
 	LogLevel string
 	// Pprof is the address of a separate listener serving net/http/pprof
 	// under /debug/pprof/; "" serves none. It is never served on Addr, has
@@ -110,6 +117,7 @@ type Main struct {
 	events        *ws.Handler
 	service       *jobs.Service
 	store         *persistence.Store
+	dbArchives    *persistence.DBArchives // PostgreSQL only
 	docker        *executor.Docker
 }
 
@@ -131,6 +139,7 @@ func NewMain() *Main {
 		DepsCacheMax:   50,
 		DepsCacheSize:  10 << 30,
 		Warm:           2,
+		Lease:          jobs.DefaultLease,
 		LogLevel:       "info",
 	}
 }
@@ -141,7 +150,12 @@ func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	fs.StringVar(&m.Addr, "addr", m.Addr, "address to listen on")
 	fs.StringVar(&m.DataDir, "data", m.DataDir, "data directory (database and uploaded archives)")
-	fs.StringVar(&m.DB, "db", m.DB, "SQLite database file (default <data>/ci.db)")
+	fs.StringVar(&m.DB, "db", m.DB, "SQLite database file (default <data>/ci.db), or a postgres:// URL "+
+		"(default $CI_DATABASE_URL) that several ci-server replicas share")
+	fs.StringVar(&m.Replica, "replica", m.Replica, "this server's name among replicas sharing a PostgreSQL database, "+
+		"recorded on the jobs it runs; keep it across restarts (default <hostname>-<hash of --data>)")
+	fs.DurationVar(&m.Lease, "lease", m.Lease, "replicas: how long a claim on a running job lasts unrenewed; "+
+		"a replica that dies has its running jobs ended error that long after")
 	fs.StringVar(&m.Image, "image", m.Image, "Docker image the tests run in (needs python and pytest)")
 	fs.IntVar(&m.Concurrency, "concurrency", m.Concurrency, "most jobs running at once")
 	fs.Int64Var(&m.MaxUpload, "max-upload", m.MaxUpload, "largest accepted upload in bytes")
@@ -180,6 +194,16 @@ func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
 	}
 	if !fs.Changed("token") {
 		m.Token = os.Getenv("CI_SERVER_TOKEN")
+	}
+	// From the environment too: a PostgreSQL URL holds a password.
+	if !fs.Changed("db") {
+		m.DB = os.Getenv("CI_DATABASE_URL")
+	}
+	if m.Replica == "" {
+		m.Replica = defaultReplica(m.DataDir)
+	}
+	if m.Lease < time.Second {
+		return fmt.Errorf("--lease must be at least 1s, got %s", m.Lease)
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q (see ci-server --help)", fs.Args())
@@ -247,12 +271,26 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	store, err := persistence.Open(ctx, dbPath)
 	if err != nil {
-		return fmt.Errorf("open database %s: %w", dbPath, err)
+		return fmt.Errorf("open database %s: %w", redactDSN(dbPath), err)
 	}
 	m.store = store
-	archives, err := persistence.NewArchives(filepath.Join(m.DataDir, "archives"))
-	if err != nil {
-		return fmt.Errorf("open archive dir: %w", err)
+	var archives jobs.Archives
+	changes := store.ChangeFeed()
+	if changes != nil {
+		// Replicas share the database, and so the uploads: kept in it,
+		// with the data dir as a local cache.
+		m.dbArchives, err = persistence.OpenDBArchives(ctx, dbPath, filepath.Join(m.DataDir, "archives"))
+		if err != nil {
+			return fmt.Errorf("open archives in %s: %w", redactDSN(dbPath), err)
+		}
+		archives = m.dbArchives
+		m.Log.Info("replica of a shared database", "replica", m.Replica, "lease", m.Lease)
+	} else {
+		fileArchives, err := persistence.NewArchives(filepath.Join(m.DataDir, "archives"))
+		if err != nil {
+			return fmt.Errorf("open archive dir: %w", err)
+		}
+		archives = fileArchives
 	}
 
 	m.metrics = metrics.New()
@@ -299,6 +337,9 @@ func (m *Main) Run(ctx context.Context) error {
 		Secrets:     secrets(m.Token),
 		Logger:      m.Log.With("component", "jobs"),
 		Metrics:     m.metrics,
+		Replica:     m.Replica,
+		Changes:     changes,
+		Lease:       m.Lease,
 	})
 	m.metrics.ObserveLoad(m.service.Load)
 	m.metrics.ObserveStatuses(store.CountJobsByStatus)
@@ -429,6 +470,9 @@ func (m *Main) Close() error {
 	if m.docker != nil {
 		errs = append(errs, m.docker.Close())
 	}
+	if m.dbArchives != nil {
+		errs = append(errs, m.dbArchives.Close())
+	}
 	if m.store != nil {
 		errs = append(errs, m.store.Close())
 	}
@@ -456,6 +500,24 @@ func poolOwner(dataDir string) string {
 	}
 	sum := sha256.Sum256([]byte(abs))
 	return "data-" + hex.EncodeToString(sum[:8])
+}
+
+// defaultReplica names a replica after its host and data dir: stable
+// across restarts, distinct for two servers on one host.
+func defaultReplica(dataDir string) string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "ci-server"
+	}
+	return host + "-" + strings.TrimPrefix(poolOwner(dataDir), "data-")[:6]
+}
+
+// redactDSN hides the password of a database URL, for messages.
+func redactDSN(dsn string) string {
+	if u, err := url.Parse(dsn); err == nil && u.Scheme != "" && u.User != nil {
+		return u.Redacted()
+	}
+	return dsn
 }
 
 // secrets lists the values masked in job output.
