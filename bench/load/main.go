@@ -64,6 +64,8 @@ type config struct {
 
 	cpuProfile string
 	serverArgs []string // more flags for every ci-server
+
+	postgres string // database of the replica benchmark
 }
 
 // bench runs the benchmarks and collects their verdicts.
@@ -114,8 +116,10 @@ func main() {
 	fs.IntVar(&cfg.uploadMiB, "upload-mib", 200, "size of the uploaded project's data in MiB")
 	fs.StringArrayVar(&cfg.serverArgs, "server-arg", nil, "a further flag for every ci-server started, e.g. --server-arg=--pprof=127.0.0.1:6060 (repeatable)")
 	fs.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write this program's (the watchers') CPU profile to the file")
+	fs.StringVar(&cfg.postgres, "postgres", os.Getenv("CI_TEST_POSTGRES"),
+		"PostgreSQL URL for the replicas benchmark, whose user may create schemas (default $CI_TEST_POSTGRES; none skips it)")
 	fs.Usage = func() {
-		fmt.Fprintf(os.Stderr, "Usage: load [flags] [latency] [flood] [fanout] [upload]\n\n%s", fs.FlagUsages())
+		fmt.Fprintf(os.Stderr, "Usage: load [flags] [latency] [flood] [fanout] [upload] [replicas]\n\n%s", fs.FlagUsages())
 	}
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if err == pflag.ErrHelp {
@@ -124,18 +128,19 @@ func main() {
 		os.Exit(64)
 	}
 	all := map[string]func(*bench, context.Context) error{
-		"latency": (*bench).latency,
-		"flood":   (*bench).flood,
-		"fanout":  (*bench).fanout,
-		"upload":  (*bench).upload,
+		"latency":  (*bench).latency,
+		"flood":    (*bench).flood,
+		"fanout":   (*bench).fanout,
+		"upload":   (*bench).upload,
+		"replicas": (*bench).replicas,
 	}
 	names := fs.Args()
 	if len(names) == 0 {
-		names = []string{"latency", "flood", "fanout", "upload"}
+		names = []string{"latency", "flood", "fanout", "upload", "replicas"}
 	}
 	for _, n := range names {
 		if all[n] == nil {
-			fmt.Fprintf(os.Stderr, "load: unknown benchmark %q (latency, flood, fanout, upload)\n", n)
+			fmt.Fprintf(os.Stderr, "load: unknown benchmark %q (latency, flood, fanout, upload, replicas)\n", n)
 			os.Exit(64)
 		}
 	}

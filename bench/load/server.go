@@ -29,6 +29,9 @@ type server struct {
 	exited  chan struct{}
 	client  *client.Client
 	jobs    []string // submitted, for cleaning up their containers
+	// watchVia, when set, is the server whose event streams runWatched's
+	// watchers read: another replica on the same database.
+	watchVia *server
 }
 
 // startServer starts bin/ci-server with the image and extra flags and waits

@@ -247,7 +247,11 @@ func runWatched(ctx context.Context, s *server, zip []byte, n int, timestamps bo
 		return nil, err
 	}
 
-	url := s.url + "/api/v1/jobs/" + id + "/events?after=0"
+	base := s.url
+	if s.watchVia != nil {
+		base = s.watchVia.url
+	}
+	url := base + "/api/v1/jobs/" + id + "/events?after=0"
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
