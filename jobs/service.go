@@ -747,7 +747,11 @@ func (s *Service) run(ctx context.Context, job *Job, reattach bool) {
 	spec := Spec{JobID: job.ID, Args: job.Args, Retry: retry}
 	var res Result
 	var err error
-	spec.Archive, err = s.archives.Local(rctx, job.Archive)
+	// Not interrupted by a detach: a claimed job is started (and then
+	// left for the next server) rather than left half-way.
+	actx, acancel := context.WithTimeout(context.WithoutCancel(rctx), archiveTimeout)
+	spec.Archive, err = s.archives.Local(actx, job.Archive)
+	acancel()
 	switch {
 	case err != nil:
 		err = fmt.Errorf("the job's project archive can't be read: %w", err)
@@ -789,6 +793,9 @@ func (s *Service) run(ctx context.Context, job *Job, reattach bool) {
 	}
 	log.Info("job ended", "status", status, "exit_code", res.ExitCode, "duration", finished.Sub(started).Round(time.Millisecond), "reason", reason)
 }
+
+// archiveTimeout bounds the fetch of a job's archive from shared storage.
+const archiveTimeout = 5 * time.Minute
 
 // maxListedFailures bounds the failures a result event lists; all of them
 // are in the job's tests.
