@@ -138,6 +138,13 @@ func TestLiveStreamFromOtherReplica(t *testing.T) {
 	if j, _ := cb.Job(context.Background(), id); j.Replica != "replica-a" {
 		t.Fatalf("job ran on %q, want replica-a", j.Replica)
 	}
+	// The web page, served by replica-b, says where the job ran.
+	needBrowser(t)
+	br := newBrowser(t)
+	br.open(b.url + "/jobs/" + id)
+	br.wait("the replica shown", `!document.getElementById("replica-item").hidden && `+
+		`document.getElementById("replica").textContent === "replica-a"`, 30*time.Second)
+	br.checkErrors()
 }
 
 // TestReplicaKilledMidJob kills a replica (SIGKILL) while it runs a job

@@ -31,6 +31,7 @@ const api = "/api/v1/jobs/" + encodeURIComponent(id);
 const el = {
   conn: $("conn"), badge: $("badge"), result: $("result"), submitted: $("submitted"),
   duration: $("duration"), exit: $("exit"), args: $("args"), argsItem: $("args-item"),
+  replica: $("replica"), replicaItem: $("replica-item"),
   reason: $("reason"), lines: $("lines"), notice: $("notice"), noticeText: $("notice-text"),
   showAll: $("show-all"), scroller: $("scroller"), log: $("log"), jump: $("jump"),
   legend: $("legend"), phase: $("phase"),
@@ -93,6 +94,10 @@ function applyJob(j) {
   if (j.args && j.args.length) {
     el.args.textContent = j.args.join(" ");
     el.argsItem.hidden = false;
+  }
+  if (j.replica) {
+    el.replica.textContent = j.replica;
+    el.replicaItem.hidden = false;
   }
   if (j.phase) job.phase = j.phase;
   setStatus(j.status, j.exit_code, j.reason);
