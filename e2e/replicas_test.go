@@ -198,3 +198,23 @@ func removeJobContainers(t *testing.T, id string) {
 		}
 	}
 }
+
+// TestCancelThroughOtherReplica cancels, through replica-b, a job that
+// replica-a runs: replica-a stops it, and it ends canceled (exit 130).
+func TestCancelThroughOtherReplica(t *testing.T) {
+	needEngine(t)
+	dsn := pgtest.DSN(t)
+	a := startReplica(t, dsn, "replica-a")
+	id := jobIDFromAsync(t, a.ci(t, fixture(t, "slow"), "submit", "test", "--async"))
+	waitStatus(t, a, id, "running")
+	b := startReplica(t, dsn, "replica-b")
+	if r := b.ci(t, t.TempDir(), "cancel", id); r.code != 0 {
+		t.Fatalf("cancel through replica-b: exit %d:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if r := b.ci(t, t.TempDir(), "wait", id); r.code != 130 || !strings.Contains(r.stderr, "canceled by user") {
+		t.Fatalf("wait after the cancel: exit %d, want 130:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if n := containersOf(t, id); n != 0 {
+		t.Fatalf("%d containers of the canceled job left", n)
+	}
+}

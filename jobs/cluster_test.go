@@ -344,3 +344,47 @@ func TestLostLeaseStopsTheJob(t *testing.T) {
 		t.Fatalf("job ended with %q, want the reaper's end kept", last.Reason)
 	}
 }
+
+// TestCancelRacesClaims cancels queued jobs while two replicas' workers
+// claim them: each job ends exactly once, canceled or passed, with a
+// gapless log, and Cancel fails only for jobs that had already ended.
+func TestCancelRacesClaims(t *testing.T) {
+	c := newCluster(t)
+	exec := funcExec(func(ctx context.Context, spec Spec, out Output) (Result, error) {
+		return Result{}, nil
+	})
+	a := c.replica(t, "a", exec, Config{Concurrency: 2})
+	b := c.replica(t, "b", exec, Config{Concurrency: 2})
+	var ids []string
+	for range 40 {
+		ids = append(ids, submitTo(t, a).ID)
+	}
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		svc := a
+		if i%2 == 1 {
+			svc = b
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := svc.Cancel(context.Background(), id); err != nil && ErrorCode(err) != ECONFLICT {
+				t.Errorf("cancel %s: %v", id, err)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, id := range ids {
+		evs := collect(t, a, id, 0)
+		checkGapless(t, evs, 0)
+		terminal := 0
+		for _, ev := range evs {
+			if ev.Terminal() {
+				terminal++
+			}
+		}
+		if last := evs[len(evs)-1]; terminal != 1 || (last.Status != StatusCanceled && last.Status != StatusPassed) {
+			t.Fatalf("job %s: %d terminal events, last %s: want one, canceled or passed", id, terminal, last.Status)
+		}
+	}
+}
