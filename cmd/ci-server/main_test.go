@@ -12,6 +12,7 @@ import (
 
 	"ci/client"
 	"ci/executor"
+	"ci/internal/pgtest"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -150,5 +151,81 @@ func TestHumanBytes(t *testing.T) {
 		if got := humanBytes(n); got != want {
 			t.Errorf("humanBytes(%d)=%q, want %q", n, got, want)
 		}
+	}
+}
+
+// TestReplicaFlags checks the replica settings: the database URL from the
+// environment, a default replica name that is stable per data dir and
+// distinct across data dirs, a lease of at least a second, and a database
+// URL whose password never reaches a message.
+func TestReplicaFlags(t *testing.T) {
+	t.Setenv("CI_DATABASE_URL", "postgres://ci:hunter2-secret@db:5432/ci")
+	m := NewMain()
+	if err := m.ParseFlags([]string{"--data", "/srv/a"}, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if m.DB != "postgres://ci:hunter2-secret@db:5432/ci" || m.Lease != 15*time.Second {
+		t.Fatalf("db %q lease %s, want $CI_DATABASE_URL and 15s", m.DB, m.Lease)
+	}
+	again, other := defaultReplica("/srv/a"), defaultReplica("/srv/b")
+	if m.Replica != again || m.Replica == other || m.Replica == "" {
+		t.Fatalf("default replicas %q, %q, %q: want stable per data dir, distinct across", m.Replica, again, other)
+	}
+	if err := NewMain().ParseFlags([]string{"--lease", "500ms"}, io.Discard); err == nil {
+		t.Fatal("--lease 500ms accepted, want an error")
+	}
+	if got := redactDSN(m.DB); strings.Contains(got, "hunter2") || !strings.Contains(got, "db:5432") {
+		t.Fatalf("redactDSN = %q, want the password hidden and the host kept", got)
+	}
+	if got := redactDSN("/var/lib/ci/ci.db"); got != "/var/lib/ci/ci.db" {
+		t.Fatalf("redactDSN of a path = %q", got)
+	}
+}
+
+// TestMainOnPostgres runs two in-process replicas on one PostgreSQL
+// schema: a job uploaded to one is run by a replica that names itself in
+// the job, and is followed to its end through the other.
+func TestMainOnPostgres(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	start := func(name string) *Main {
+		m := NewMain()
+		if err := m.ParseFlags([]string{"--addr", "127.0.0.1:0", "--data", t.TempDir(), "--db", dsn, "--replica", name}, io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		m.Log = slog.New(slog.DiscardHandler)
+		m.Executor = &executor.Fake{}
+		if err := m.Run(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Close() })
+		return m
+	}
+	a, b := start("a"), start("b")
+
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	w, _ := zw.Create(executor.FakeScript)
+	io.WriteString(w, "stdout \"hello\\n\"\nexit 0\n")
+	zw.Close()
+	job, err := client.New(a.URL()).Submit(ctx, &buf, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	end, err := client.New(b.URL()).Follow(ctx, job.ID, 0, func(ev client.Event) error {
+		out.WriteString(ev.Text)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := client.New(b.URL()).Job(ctx, job.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if end.Status != "passed" || out.String() != "hello\n" || (got.Replica != "a" && got.Replica != "b") {
+		t.Fatalf("ended %s with %q on replica %q: want passed, hello, a or b", end.Status, out.String(), got.Replica)
 	}
 }
