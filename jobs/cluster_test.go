@@ -388,3 +388,43 @@ func TestCancelRacesClaims(t *testing.T) {
 		}
 	}
 }
+
+// TestWatchJobsOnOtherReplica: a job list watcher on the replica that
+// neither took nor runs a job sees it end, with the replica that ran it.
+// (It may miss intermediate states: a change is announced with the job as
+// read from the store when the notification arrives, which may be later.)
+func TestWatchJobsOnOtherReplica(t *testing.T) {
+	c := newCluster(t)
+	b := c.busyReplica(t, "b", Config{Poll: time.Hour})
+	a := c.replica(t, "a", funcExec(func(ctx context.Context, spec Spec, out Output) (Result, error) {
+		return Result{ExitCode: 1}, nil
+	}), Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	changes := make(chan Job, 100)
+	go b.WatchJobs(ctx, 10, func(_ []*Job, change *Job) error {
+		if change != nil {
+			changes <- *change
+		}
+		return nil
+	})
+	// The snapshot is taken after the subscription: wait for it to be
+	// there before the job exists.
+	waitFor(t, func() bool { return b.broker.jobSubscribers() > 0 })
+	job := submitTo(t, a)
+	seen := map[Status]bool{}
+	deadline := time.After(10 * time.Second)
+	for !seen[StatusFailed] {
+		select {
+		case ch := <-changes:
+			if ch.ID == job.ID {
+				seen[ch.Status] = true
+				if ch.Status == StatusFailed && ch.Replica != "a" {
+					t.Fatalf("ended job announced with replica %q, want a", ch.Replica)
+				}
+			}
+		case <-deadline:
+			t.Fatalf("replica b's job list saw only %v of job %s", seen, job.ID)
+		}
+	}
+}
