@@ -150,7 +150,8 @@ func TestLiveStreamFromOtherReplica(t *testing.T) {
 // TestReplicaKilledMidJob kills a replica (SIGKILL) while it runs a job
 // and holds another queued: once its lease has expired, the other replica
 // ends the running job error, naming the dead replica, and runs the
-// queued one. No job stays running.
+// queued one. No job stays running. When the dead replica comes back, it
+// removes the container the ended job left on its engine.
 func TestReplicaKilledMidJob(t *testing.T) {
 	needEngine(t)
 	dsn := pgtest.DSN(t)
@@ -180,6 +181,15 @@ func TestReplicaKilledMidJob(t *testing.T) {
 		if j, _ := client.New(b.url).Job(context.Background(), id); j.Status == "running" || j.Status == "queued" {
 			t.Fatalf("job %s is still %s", id, j.Status)
 		}
+	}
+	// replica-a comes back: the job it lost was ended by replica-b, and
+	// the container it left running on its engine is removed as it starts.
+	if n := containersOf(t, running); n == 0 {
+		t.Fatal("the dead replica's job has no container left to sweep: the test proves nothing")
+	}
+	a.start()
+	if n := containersOf(t, running); n != 0 {
+		t.Fatalf("%d containers of the job ended elsewhere left after replica-a restarted", n)
 	}
 }
 

@@ -428,3 +428,47 @@ func TestWatchJobsOnOtherReplica(t *testing.T) {
 		}
 	}
 }
+
+// sweepExec is an executor that holds things of the given jobs, and
+// records which of them Sweep was told had ended.
+type sweepExec struct {
+	funcExec
+	held  []string
+	ended map[string]bool
+}
+
+func (e *sweepExec) Sweep(ctx context.Context, ended func(string) bool) (int, error) {
+	e.ended = map[string]bool{}
+	n := 0
+	for _, id := range e.held {
+		if e.ended[id] = ended(id); e.ended[id] {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// TestReplicaSweepsJobsEndedElsewhere: a replica that starts removes what
+// its executor holds of jobs that have ended (another replica ended them
+// while it was away), and nothing of running or unknown jobs.
+func TestReplicaSweepsJobsEndedElsewhere(t *testing.T) {
+	c := newCluster(t)
+	ctx := context.Background()
+	idle := NewService(c.store, c.arch, funcExec(nil), Config{Replica: "x"})
+	ended, running := submitTo(t, idle), submitTo(t, idle)
+	now := time.Now().UTC()
+	for _, replica := range []string{"gone", "other"} { // ended, then running (elsewhere)
+		if _, _, err := c.store.ClaimJob(ctx, replica, now, now.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stored, _ := c.store.Job(ctx, ended.ID)
+	if err := idle.end(ctx, stored, StatusError, "reaped"); err != nil {
+		t.Fatal(err)
+	}
+	exec := &sweepExec{held: []string{ended.ID, running.ID, "unknown"}}
+	c.replica(t, "gone", exec, Config{})
+	if !exec.ended[ended.ID] || exec.ended[running.ID] || exec.ended["unknown"] {
+		t.Fatalf("sweep was told %v: want only %s ended", exec.ended, ended.ID)
+	}
+}

@@ -278,6 +278,18 @@ type Archives interface {
 	Remove(key string) error
 }
 
+// Sweeper is implemented by executors that can remove what they hold of
+// jobs that ended without them: a replica that comes back after its lease
+// expired finds its jobs ended by another replica, and their containers
+// still on its engine.
+type Sweeper interface {
+	// Sweep removes everything the executor holds of each job for which
+	// ended reports true, and returns how many things it removed. ended
+	// must report false for unknown jobs (other servers' on a shared
+	// engine).
+	Sweep(ctx context.Context, ended func(jobID string) bool) (int, error)
+}
+
 // Spec is what an Executor needs to run one job.
 type Spec struct {
 	JobID string

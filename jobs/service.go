@@ -231,6 +231,19 @@ func (s *Service) Start(ctx context.Context) error {
 		}
 		s.log.Warn("ended job left running by a previous server", "job", job.ID)
 	}
+	if sw, ok := s.exec.(Sweeper); ok && s.cfg.Changes != nil {
+		// Jobs of this replica that another ended while it was away
+		// (their lease expired) may have left containers running here.
+		n, err := sw.Sweep(ctx, func(id string) bool {
+			job, err := s.store.Job(ctx, id)
+			return err == nil && job.Status.Terminal()
+		})
+		if err != nil {
+			s.log.Warn("remove what jobs ended elsewhere left", "err", err)
+		} else if n > 0 {
+			s.log.Info("removed what jobs ended elsewhere left", "count", n)
+		}
+	}
 	s.notify()
 	for range s.cfg.Concurrency {
 		s.wg.Add(1)
