@@ -258,7 +258,13 @@ func (r *recorder) run() {
 				r.pending, r.pendingBytes = nil, 0
 				r.cond.Broadcast()
 				r.mu.Unlock()
-				r.log.Error("record events", "job", snap.ID, "err", err)
+				if ErrorCode(err) == ECONFLICT {
+					// Another writer moved the log on first: a claim won
+					// over a cancel, or another replica ended the job.
+					r.log.Warn("job's log changed elsewhere; events not recorded", "job", snap.ID, "err", err)
+				} else {
+					r.log.Error("record events", "job", snap.ID, "err", err)
+				}
 				continue
 			}
 			// Measured before the batch is published: a follower told of

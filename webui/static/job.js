@@ -55,6 +55,7 @@ let rendered = 0;
 let pendingNl = 0;
 let showAll = false;
 let scheduled = false;
+let pendingJump = null; // node id of a failure to jump to once the log is drawn
 let lastFrame = 0;     // when the last frame rendered
 let catchTimer = 0;
 let gutter = 3;        // digits of the line numbers
@@ -304,6 +305,11 @@ function frame() {
     el.log.style.setProperty("--gw", gw + "ch");
   }
   if (sticky) toEnd();
+  if (pendingJump) {
+    const nodeid = pendingJump;
+    pendingJump = null;
+    jumpToTest(nodeid);
+  }
   if (rendered < chunks.length) {
     schedule();
   } else if (ended) {
@@ -419,7 +425,15 @@ function jumpToTest(nodeid) {
   const lines = [...el.log.querySelectorAll(".l")];
   const hit = lines.find((l) => /^_{3,} /.test(l.textContent) && l.textContent.includes(" " + name + " ")) ||
     lines.find((l) => l.textContent.includes(nodeid));
-  if (!hit) return;
+  if (!hit) {
+    // The log before the result may not be on the page yet (it is drawn
+    // a frame at a time): jump once it is.
+    if (rendered < chunks.length) {
+      pendingJump = nodeid;
+      schedule();
+    }
+    return;
+  }
   for (const l of el.log.querySelectorAll(".l.target")) l.classList.remove("target");
   hit.classList.add("target");
   hit.scrollIntoView({ block: "start" });
