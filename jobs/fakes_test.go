@@ -218,14 +218,16 @@ func (m *memStore) Tests(ctx context.Context, jobID string) ([]TestCase, error) 
 	return append([]TestCase(nil), m.tests[jobID]...), nil
 }
 
-func (m *memStore) CountJobsByStatus(ctx context.Context) (map[Status]int64, error) {
+func (m *memStore) CountJobs(ctx context.Context, status Status) (int64, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	counts := map[Status]int64{}
+	var n int64
 	for _, j := range m.jobs {
-		counts[j.Status]++
+		if j.Status == status {
+			n++
+		}
 	}
-	return counts, nil
+	return n, nil
 }
 
 func (m *memStore) ClaimJob(ctx context.Context, replica string, now, leaseUntil time.Time) (*Job, *Event, error) {

@@ -193,9 +193,9 @@ type Store interface {
 	// Tests returns the per-test results of a job in pytest's order.
 	Tests(ctx context.Context, jobID string) ([]TestCase, error)
 
-	// CountJobsByStatus returns how many jobs have each status (statuses
-	// no job has may be missing).
-	CountJobsByStatus(ctx context.Context) (map[Status]int64, error)
+	// CountJobs returns how many jobs have the given status, cheaply
+	// (Submit asks it for the queue's length).
+	CountJobs(ctx context.Context, status Status) (int64, error)
 
 	// ClaimJob takes the oldest queued job for replica, atomically: in one
 	// transaction it sets the job's status to running, StartedAt to now,

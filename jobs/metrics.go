@@ -61,11 +61,11 @@ type Load struct {
 func (s *Service) Load() Load {
 	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
 	defer cancel()
-	counts, err := s.store.CountJobsByStatus(ctx)
+	queued, err := s.store.CountJobs(ctx, StatusQueued)
 	if err != nil {
 		s.log.Warn("count queued jobs", "err", err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Load{Queued: int(counts[StatusQueued]), Running: len(s.running) + len(s.recovering)}
+	return Load{Queued: int(queued), Running: len(s.running) + len(s.recovering)}
 }

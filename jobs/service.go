@@ -304,11 +304,11 @@ func (s *Service) Submit(ctx context.Context, r io.Reader, opts SubmitOptions) (
 		timeout = s.cfg.MaxTimeout
 	}
 	if s.cfg.MaxQueued > 0 {
-		counts, err := s.store.CountJobsByStatus(ctx)
+		n, err := s.store.CountJobs(ctx, StatusQueued)
 		if err != nil {
 			return nil, fmt.Errorf("count queued jobs: %w", err)
 		}
-		if n := counts[StatusQueued]; n >= int64(s.cfg.MaxQueued) {
+		if n >= int64(s.cfg.MaxQueued) {
 			return nil, Errorf(EUNAVAILABLE, "the queue is full (%d jobs waiting); try again later", n)
 		}
 	}

@@ -685,6 +685,16 @@ func (l slowLogger) Trace(ctx context.Context, begin time.Time, fc func() (strin
 	l.log.WarnContext(ctx, "slow query", "elapsed", elapsed, "rows", rows, "sql", sql)
 }
 
+// CountJobs returns how many jobs have the given status: a range of the
+// status index, cheap for a short queue however many jobs ended.
+func (s *Store) CountJobs(ctx context.Context, status jobs.Status) (int64, error) {
+	var n int64
+	if err := s.r.WithContext(ctx).Model(&jobRow{}).Where("status = ?", string(status)).Count(&n).Error; err != nil {
+		return 0, fmt.Errorf("count %s jobs: %w", status, err)
+	}
+	return n, nil
+}
+
 // CountJobsByStatus returns how many jobs have each status (statuses no
 // job has are missing), from the status index.
 func (s *Store) CountJobsByStatus(ctx context.Context) (map[jobs.Status]int64, error) {

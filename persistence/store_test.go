@@ -828,7 +828,7 @@ func TestCheckpointerMovesTheWAL(t *testing.T) {
 	}
 }
 
-func TestCountJobsByStatus(t *testing.T) {
+func TestCountJobs(t *testing.T) {
 	eachStore(t, func(t *testing.T, dsn string) {
 		s := MustOpenPath(t, dsn)
 		ctx := context.Background()
@@ -847,6 +847,11 @@ func TestCountJobsByStatus(t *testing.T) {
 		}
 		if want := map[jobs.Status]int64{jobs.StatusQueued: 3, jobs.StatusPassed: 1}; !reflect.DeepEqual(got, want) {
 			t.Fatalf("counts %v, want %v", got, want)
+		}
+		for status, want := range map[jobs.Status]int64{jobs.StatusQueued: 3, jobs.StatusPassed: 1, jobs.StatusRunning: 0} {
+			if n, err := s.CountJobs(ctx, status); err != nil || n != want {
+				t.Fatalf("CountJobs(%s) = %d, %v; want %d", status, n, err, want)
+			}
 		}
 	})
 }
