@@ -157,6 +157,17 @@ func (b *Broker) PublishJob(job Job) {
 	}
 }
 
+// ResyncJobs ends every job subscription as an overflow does, so that
+// each watcher starts again from a fresh snapshot: for when changes may
+// have been missed (a replica's change feed lost its connection).
+func (b *Broker) ResyncJobs() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for s := range b.jobSubs {
+		s.closeLocked()
+	}
+}
+
 // Close ends the subscription and closes C. It is safe to call more than
 // once.
 func (s *JobSubscription) Close() {

@@ -43,9 +43,11 @@ func (s *Service) watchChanges() {
 func (s *Service) onChange(c Change) {
 	switch {
 	case c.Resync:
-		// Changes may have been missed: look for queued jobs, and catch
-		// local followers up from the store.
+		// Changes may have been missed: look for queued jobs, catch local
+		// followers up from the store, and give job list watchers a fresh
+		// snapshot.
 		s.notify()
+		s.broker.ResyncJobs()
 		for _, id := range s.relay.jobs() {
 			s.relayEvents(id, 0, 0)
 		}

@@ -472,3 +472,40 @@ func TestReplicaSweepsJobsEndedElsewhere(t *testing.T) {
 		t.Fatalf("sweep was told %v: want only %s ended", exec.ended, ended.ID)
 	}
 }
+
+// TestResyncRefreshesJobLists: after the change feed lost its connection
+// (a Resync), a job list watcher gets a fresh snapshot from the store,
+// with what it may have missed.
+func TestResyncRefreshesJobLists(t *testing.T) {
+	c := newCluster(t)
+	b := c.busyReplica(t, "b", Config{Poll: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	snapshots := make(chan []*Job, 10)
+	go b.WatchJobs(ctx, 10, func(snapshot []*Job, _ *Job) error {
+		if snapshot != nil {
+			snapshots <- snapshot
+		}
+		return nil
+	})
+	<-snapshots
+	// A job b was not told of: the feed lost it.
+	c.feed.mu.Lock()
+	c.feed.drop = true
+	c.feed.mu.Unlock()
+	idle := NewService(c.store, c.arch, funcExec(nil), Config{Replica: "x"})
+	missed := submitTo(t, idle)
+	b.onChange(Change{Resync: true})
+	select {
+	case snap := <-snapshots:
+		found := false
+		for _, j := range snap {
+			found = found || j.ID == missed.ID
+		}
+		if !found {
+			t.Fatalf("the fresh snapshot lacks the missed job %s", missed.ID)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no fresh snapshot after a resync")
+	}
+}
