@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"path/filepath"
@@ -58,47 +59,83 @@ func NewArchives(dir string) (*Archives, error) {
 // When reading r fails or ctx is canceled, Put removes what it wrote and
 // returns the error, wrapping r's.
 func (a *Archives) Put(ctx context.Context, r io.Reader) (key string, size int64, err error) {
-	f, err := os.CreateTemp(a.dir, tempPattern)
+	t, err := newHashedTemp(a.dir)
 	if err != nil {
 		return "", 0, fmt.Errorf("put archive: %w", err)
 	}
-	tmp := f.Name()
-	defer func() {
-		if f != nil {
-			f.Close()
-		}
-		if err != nil {
-			os.Remove(tmp)
-		}
-	}()
-
-	h := sha256.New()
-	size, err = io.Copy(io.MultiWriter(f, h), &ctxReader{ctx: ctx, r: r})
+	defer t.discard()
+	size, err = io.Copy(t, &ctxReader{ctx: ctx, r: r})
 	if err != nil {
 		return "", 0, fmt.Errorf("put archive: %w", err)
 	}
-	if err = f.Sync(); err != nil {
-		return "", 0, fmt.Errorf("put archive: %w", err)
-	}
-	err = f.Close()
-	f = nil
-	if err != nil {
-		return "", 0, fmt.Errorf("put archive: %w", err)
-	}
-	key = hex.EncodeToString(h.Sum(nil))
+	key = t.key()
 	dst := a.Path(key)
 	if _, serr := os.Stat(dst); serr == nil {
-		// Same content already stored.
-		os.Remove(tmp)
-		return key, size, nil
+		return key, size, nil // same content already stored
 	}
-	if err = os.Rename(tmp, dst); err != nil {
+	if err = t.commit(dst); err != nil {
 		return "", 0, fmt.Errorf("put archive: %w", err)
 	}
 	if err = syncDir(a.dir); err != nil {
 		return "", 0, fmt.Errorf("put archive: %w", err)
 	}
 	return key, size, nil
+}
+
+// hashedTemp is an archive being written: a temporary file in the
+// directory of archives, hashed as it is written, which becomes the
+// archive's file only by commit. Until then discard removes it.
+type hashedTemp struct {
+	f    *os.File
+	h    hash.Hash
+	path string
+	done bool // committed or discarded
+}
+
+// newHashedTemp creates a temporary file in dir.
+func newHashedTemp(dir string) (*hashedTemp, error) {
+	f, err := os.CreateTemp(dir, tempPattern)
+	if err != nil {
+		return nil, err
+	}
+	return &hashedTemp{f: f, h: sha256.New(), path: f.Name()}, nil
+}
+
+// Write writes p to the file and the hash.
+func (t *hashedTemp) Write(p []byte) (int, error) {
+	n, err := t.f.Write(p)
+	t.h.Write(p[:n])
+	return n, err
+}
+
+// key returns the archive key of what was written: its hex SHA-256.
+func (t *hashedTemp) key() string { return hex.EncodeToString(t.h.Sum(nil)) }
+
+// commit syncs the file and renames it to dst, so that dst is either
+// complete or absent, even after a crash.
+func (t *hashedTemp) commit(dst string) error {
+	err := t.f.Sync()
+	if cerr := t.f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(t.path, dst)
+	}
+	if err != nil {
+		os.Remove(t.path)
+	}
+	t.done = true
+	return err
+}
+
+// discard removes the file unless it was committed; it may be deferred.
+func (t *hashedTemp) discard() {
+	if t.done {
+		return
+	}
+	t.done = true
+	t.f.Close()
+	os.Remove(t.path)
 }
 
 // Path returns the path of the archive with the given key, or "" if key is

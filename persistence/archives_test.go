@@ -31,11 +31,11 @@ func MustNewArchives(tb testing.TB) (*persistence.Archives, string) {
 }
 
 // dirNames returns the names of the files in dir.
-func dirNames(t *testing.T, dir string) []string {
-	t.Helper()
+func dirNames(tb testing.TB, dir string) []string {
+	tb.Helper()
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	var names []string
 	for _, e := range entries {

@@ -2,8 +2,6 @@ package persistence
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -160,40 +158,22 @@ func lockKey(ctx context.Context, tx pgx.Tx, key string) error {
 // or the database refuses the archive, Put leaves nothing behind, in the
 // database or the cache, and returns the error, wrapping r's.
 func (d *DBArchives) Put(ctx context.Context, r io.Reader) (key string, size int64, err error) {
-	f, err := os.CreateTemp(d.cache.dir, tempPattern)
+	t, err := newHashedTemp(d.cache.dir)
 	if err != nil {
 		return "", 0, fmt.Errorf("put archive: %w", err)
 	}
-	tmp := f.Name()
-	defer func() {
-		if f != nil {
-			f.Close()
-		}
-		if err != nil {
-			os.Remove(tmp)
-		}
-	}()
-
-	h := sha256.New()
-	size, err = io.Copy(io.MultiWriter(f, h), &ctxReader{ctx: ctx, r: r})
+	defer t.discard()
+	size, err = io.Copy(t, &ctxReader{ctx: ctx, r: r})
 	if err != nil {
 		return "", 0, fmt.Errorf("put archive: %w", err)
 	}
-	key = hex.EncodeToString(h.Sum(nil))
-	if err = d.insert(ctx, key, size, f); err != nil {
+	key = t.key()
+	if err = d.insert(ctx, key, size, t.f); err != nil {
 		return "", 0, fmt.Errorf("put archive %s: %w", key, err)
 	}
 	// The cache: a file that is complete under its name even after a
 	// crash. The rename need not be durable: a lost file is fetched again.
-	if err = f.Sync(); err != nil {
-		return "", 0, fmt.Errorf("put archive: %w", err)
-	}
-	err = f.Close()
-	f = nil
-	if err != nil {
-		return "", 0, fmt.Errorf("put archive: %w", err)
-	}
-	if err = os.Rename(tmp, d.cache.Path(key)); err != nil {
+	if err = t.commit(d.cache.Path(key)); err != nil {
 		return "", 0, fmt.Errorf("put archive: %w", err)
 	}
 	return key, size, nil
@@ -296,28 +276,17 @@ func (d *DBArchives) Local(ctx context.Context, key string) (string, error) {
 
 // fetch copies the archive with the given key, of size bytes in the given
 // number of chunks, from the database into the cache.
-func (d *DBArchives) fetch(ctx context.Context, tx pgx.Tx, key string, size int64, chunks int) (err error) {
-	f, err := os.CreateTemp(d.cache.dir, tempPattern)
+func (d *DBArchives) fetch(ctx context.Context, tx pgx.Tx, key string, size int64, chunks int) error {
+	t, err := newHashedTemp(d.cache.dir)
 	if err != nil {
 		return err
 	}
-	tmp := f.Name()
-	defer func() {
-		if f != nil {
-			f.Close()
-		}
-		if err != nil {
-			os.Remove(tmp)
-		}
-	}()
-
+	defer t.discard()
 	rows, err := tx.Query(ctx, "SELECT idx, data FROM archive_chunks WHERE key = $1 ORDER BY idx", key)
 	if err != nil {
 		return err
 	}
 	defer rows.Close()
-	h := sha256.New()
-	w := io.MultiWriter(f, h)
 	var n int64
 	next := 0
 	for rows.Next() {
@@ -329,7 +298,7 @@ func (d *DBArchives) fetch(ctx context.Context, tx pgx.Tx, key string, size int6
 		if idx != next {
 			return fmt.Errorf("corrupt in the database: chunk %d missing", next)
 		}
-		if _, err := w.Write(data); err != nil {
+		if _, err := t.Write(data); err != nil {
 			return err
 		}
 		n += int64(len(data))
@@ -343,20 +312,12 @@ func (d *DBArchives) fetch(ctx context.Context, tx pgx.Tx, key string, size int6
 		return fmt.Errorf("corrupt in the database: %d chunks, want %d", next, chunks)
 	case n != size:
 		return fmt.Errorf("corrupt in the database: %d bytes, want %d", n, size)
-	case hex.EncodeToString(h.Sum(nil)) != key:
+	case t.key() != key:
 		return errors.New("corrupt in the database: content does not match its SHA-256")
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	err = f.Close()
-	f = nil
-	if err != nil {
-		return err
 	}
 	// Another Local may have fetched it meanwhile: same content, and
 	// rename replaces atomically.
-	return os.Rename(tmp, d.cache.Path(key))
+	return t.commit(d.cache.Path(key))
 }
 
 // Remove implements jobs.Archives: it deletes the archive from the

@@ -99,20 +99,6 @@ func mustLocalContent(tb testing.TB, a *persistence.DBArchives, key string) (str
 	return p, b
 }
 
-// dirEntries returns the names in dir.
-func dirEntries(tb testing.TB, dir string) []string {
-	tb.Helper()
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	return names
-}
-
 func TestDBArchives_SharedByReplicas(t *testing.T) {
 	ctx := context.Background()
 	dsn := pgtest.DSN(t)
@@ -175,8 +161,8 @@ func TestDBArchives_SharedByReplicas(t *testing.T) {
 	}
 	// No temporary files left behind.
 	for _, dir := range []string{dirA, dirB} {
-		if n := len(dirEntries(t, dir)); n != 5 {
-			t.Errorf("%s holds %d files, want 5: %q", dir, n, dirEntries(t, dir))
+		if n := len(dirNames(t, dir)); n != 5 {
+			t.Errorf("%s holds %d files, want 5: %q", dir, n, dirNames(t, dir))
 		}
 	}
 }
@@ -285,7 +271,7 @@ func TestDBArchives_LocalConcurrent(t *testing.T) {
 	if _, got := mustLocalContent(t, b, key); !bytes.Equal(got, body) {
 		t.Fatal("content differs from the upload")
 	}
-	if names := dirEntries(t, dirB); len(names) != 1 {
+	if names := dirNames(t, dirB); len(names) != 1 {
 		t.Fatalf("cache holds %q, want the archive alone", names)
 	}
 }
@@ -304,7 +290,7 @@ func TestDBArchives_LocalNotFound(t *testing.T) {
 			t.Errorf("local %q: path=%q err=%v (code %q), want %s", key, p, err, code, jobs.ENOTFOUND)
 		}
 	}
-	if names := dirEntries(t, dir); len(names) != 0 {
+	if names := dirNames(t, dir); len(names) != 0 {
 		t.Fatalf("cache holds %q, want nothing", names)
 	}
 }
@@ -455,7 +441,7 @@ END $$`); err != nil {
 			if n := count(t, conn, "SELECT count(*) FROM archive_chunks"); n != 0 {
 				t.Fatalf("%d archive_chunks rows, want none", n)
 			}
-			if names := dirEntries(t, dir); len(names) != 0 {
+			if names := dirNames(t, dir); len(names) != 0 {
 				t.Fatalf("cache holds %q, want nothing", names)
 			}
 			if _, err := a.Local(context.Background(), key); jobs.ErrorCode(err) != jobs.ENOTFOUND {
@@ -506,7 +492,7 @@ func TestDBArchives_Corrupt(t *testing.T) {
 				t.Fatalf("local: %v (code %s), want an internal error", err, code)
 			}
 			t.Logf("local: %v", err)
-			if names := dirEntries(t, dir); len(names) != 0 {
+			if names := dirNames(t, dir); len(names) != 0 {
 				t.Fatalf("cache holds %q, want nothing", names)
 			}
 			if err := a.Remove(key); err != nil {

@@ -182,16 +182,9 @@ func (ws *writeStmts) insertLogRun(ctx context.Context, tx *sql.Tx, jobID string
 		k := min(bits.Len(uint(len(events)))-1, logShift)
 		n := 1 << k
 		args = append(args[:0], jobID, events[0].Seq)
-		if ws.timeValues {
-			for i := range events[:n] {
-				e := &events[i]
-				args = append(args, e.Time.UTC(), e.Stream, e.Text)
-			}
-		} else {
-			for i := range events[:n] {
-				e := &events[i]
-				args = append(args, tf.format(e.Time), e.Stream, e.Text)
-			}
+		for i := range events[:n] {
+			e := &events[i]
+			args = append(args, ws.timeArg(tf, e.Time), e.Stream, e.Text)
 		}
 		if _, err := tx.StmtContext(ctx, ws.insertLog[k]).ExecContext(ctx, args...); err != nil {
 			return args, err
@@ -222,6 +215,15 @@ func (ws *writeStmts) insertRun(ctx context.Context, tx *sql.Tx, jobID string, e
 		events = events[n:]
 	}
 	return args, nil
+}
+
+// timeArg returns t as the statements bind a time: a time.Time in UTC on
+// PostgreSQL, SQLite's text made by tf.
+func (ws *writeStmts) timeArg(tf *timeText, t time.Time) any {
+	if ws.timeValues {
+		return t.UTC()
+	}
+	return tf.format(t)
 }
 
 // timeLayout is how go-sqlite3 binds a time.Time (its
