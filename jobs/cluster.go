@@ -21,21 +21,14 @@ var errLost = errors.New("another ci-server ended the job: this one's lease on i
 // storeTimeout bounds the store calls of the background loops.
 const storeTimeout = 30 * time.Second
 
-// watchChanges follows the change feed until the service closes,
-// restarting it if it fails.
+// watchChanges follows the change feed until the service closes. The
+// feed reconnects by itself (and says Resync); should it give up, the
+// replica still works, from the store: workers and followers poll it.
 func (s *Service) watchChanges() {
 	defer s.wg.Done()
-	for s.ctx.Err() == nil {
-		err := s.cfg.Changes.WatchChanges(s.ctx, s.onChange)
-		if s.ctx.Err() != nil {
-			return
-		}
-		s.log.Error("change feed stopped; restarting it", "err", err)
-		select {
-		case <-s.ctx.Done():
-		case <-time.After(s.poll):
-		}
-		s.onChange(Change{Resync: true})
+	err := s.cfg.Changes.WatchChanges(s.ctx, s.onChange)
+	if s.ctx.Err() == nil {
+		s.log.Error("change feed stopped: other replicas' jobs are seen by polling the store only", "err", err)
 	}
 }
 
