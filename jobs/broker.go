@@ -1,6 +1,9 @@
 package jobs
 
-import "sync"
+import (
+	"encoding/json"
+	"sync"
+)
 
 // DefaultSubscriptionBuffer is the number of events a subscription holds
 // for a reader that is behind before it overflows.
@@ -67,8 +70,15 @@ func (b *Broker) Subscribe(jobID string, buffer int) *Subscription {
 
 // Publish delivers events, which must already be persisted and be in seq
 // order, to every subscriber of jobID without blocking. Subscribers get
-// pointers into events, which must not be modified afterwards.
+// pointers into events, which must not be modified afterwards. Each event
+// is encoded once here (Raw, unless it has one), for every watcher to send
+// as it is.
 func (b *Broker) Publish(jobID string, events []Event) {
+	for i := range events {
+		if events[i].Raw == nil {
+			events[i].Raw, _ = json.Marshal(&events[i]) // plain fields: it can't fail
+		}
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for s := range b.subs[jobID] {

@@ -2,7 +2,6 @@ package jobs
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -132,9 +131,6 @@ func (s *Service) relayEvents(id string, first, upTo int64) {
 		}
 		if len(evs) == 0 {
 			break
-		}
-		for i := range evs {
-			evs[i].Raw, _ = json.Marshal(&evs[i])
 		}
 		s.broker.Publish(id, evs)
 		after = evs[len(evs)-1].Seq

@@ -139,8 +139,8 @@ type Event struct {
 	DurationS float64     `json:"duration_s,omitempty"`
 	Failures  []Failure   `json:"failures,omitempty"`
 
-	// Raw, when set, is the event's JSON encoding, made once when it was
-	// committed: every watcher of a live event sends these same bytes
+	// Raw, when set, is the event's JSON encoding, made once when the
+	// Broker published it: every watcher of a live event sends these same bytes
 	// instead of encoding the event again. Events read from a Store have
 	// none. It must not be modified.
 	Raw []byte `json:"-"`

@@ -2,7 +2,6 @@ package jobs
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -274,10 +273,6 @@ func (r *recorder) run() {
 				if changes[i].Status.Terminal() {
 					r.metrics.JobFinished(&changes[i])
 				}
-			}
-			// Encoded once here rather than once per watcher.
-			for i := range batch {
-				batch[i].Raw, _ = json.Marshal(&batch[i]) // plain fields: it can't fail
 			}
 			r.broker.Publish(snap.ID, batch)
 			for _, change := range changes {

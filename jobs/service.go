@@ -2,7 +2,6 @@ package jobs
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -583,7 +582,6 @@ func (s *Service) claim() (*Job, *runningJob) {
 	rj := s.registerLocked(job.ID)
 	s.mu.Unlock()
 	// The running event is committed: tell followers, as a recorder does.
-	ev.Raw, _ = json.Marshal(ev)
 	s.broker.Publish(job.ID, []Event{*ev})
 	s.broker.PublishJob(*job)
 	return job, rj
