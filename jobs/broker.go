@@ -167,6 +167,13 @@ func (b *Broker) PublishJob(job Job) {
 	}
 }
 
+// jobSubscribers returns the number of job list subscriptions.
+func (b *Broker) jobSubscribers() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.jobSubs)
+}
+
 // ResyncJobs ends every job subscription as an overflow does, so that
 // each watcher starts again from a fresh snapshot: for when changes may
 // have been missed (a replica's change feed lost its connection).

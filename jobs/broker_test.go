@@ -42,10 +42,3 @@ func TestBrokerOverflowClosesSubscription(t *testing.T) {
 	s.Close()                         // idempotent
 	b.Publish("a", []Event{{Seq: 4}}) // no subscriber: must not block or panic
 }
-
-// jobSubscribers returns the number of job list subscriptions.
-func (b *Broker) jobSubscribers() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return len(b.jobSubs)
-}

@@ -58,8 +58,8 @@ func (s *Service) onChange(c Change) {
 
 // publishJob tells job list watchers of a change of another server's job.
 func (s *Service) publishJob(id string) {
-	if s.runsLocally(id) {
-		return // its recorder does
+	if s.broker.jobSubscribers() == 0 || s.runsLocally(id) {
+		return // nobody watches the list, or its recorder tells them
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, storeTimeout)
 	defer cancel()
